@@ -1,0 +1,7 @@
+"""`python -m orch` runs the CLI."""
+
+import sys
+
+from orch.cli import main
+
+sys.exit(main())

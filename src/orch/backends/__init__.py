@@ -1,0 +1,175 @@
+"""Agent backends behind one small interface, and the registry of backends.
+
+A backend runs one attempt: it gets an `AttemptSpec` (prompt, staging
+directory, timeout) and returns an `AttemptResult`. It never promotes
+outputs; orch checks the expect rules on disk afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import MappingProxyType, ModuleType
+from typing import Any, Protocol
+
+from orch.errors import ConfigError, did_you_mean
+from orch.project import AgentConfig, ExpectRule
+
+BACKENDS = {
+    "rehearsal": "orch.backends.rehearsal",
+    "command": "orch.backends.command",
+    "openai": "orch.backends.openai",
+}
+COMMON_KEYS = frozenset({"backend", "description", "max_concurrency", "requests_per_minute"})
+#: Settings that change how fast orch calls an agent, not what it produces.
+NOT_FINGERPRINTED = frozenset({"description", "max_concurrency", "requests_per_minute"})
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """Everything a backend needs to run one attempt of one partition.
+
+    Attributes:
+        stage: Stage name.
+        partition: Partition id.
+        attempt: Attempt number, 1-based, increasing across runs.
+        prompt: The rendered blueprint.
+        work_dir: The staging directory; the agent's cwd and only write target.
+        out_dir: The final partition directory the staging directory becomes.
+        prompt_file: `work_dir/.orch/prompt.md`, already written.
+        log_path: `work_dir/.orch/agent.log`; the backend appends its output.
+        expect: The stage's expect rules (the rehearsal backend satisfies them).
+        project_root: The project root (for schema paths).
+        timeout_s: Per-attempt timeout in seconds, or None; orch enforces it by
+            cancelling `run`, which must then stop the agent before returning.
+    """
+
+    stage: str
+    partition: str
+    attempt: int
+    prompt: str
+    work_dir: Path
+    out_dir: Path
+    prompt_file: Path
+    log_path: Path
+    expect: tuple[ExpectRule, ...]
+    project_root: Path
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens and cost an attempt reported; None where the agent did not say."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    num_turns: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the non-None fields as a JSON-ready dict."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def __add__(self, other: Usage) -> Usage:
+        def add(a: Any, b: Any) -> Any:
+            return b if a is None else a if b is None else a + b
+
+        return Usage(*(add(getattr(self, f), getattr(other, f)) for f in _USAGE_FIELDS))
+
+
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "cost_usd", "num_turns")
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """How an attempt ended, before orch checks its outputs.
+
+    Attributes:
+        ok: The agent reports success (exit 0 and no agent-reported error).
+            Not proof of completeness: the expect rules decide that.
+        error: One line saying what went wrong, for notes and manifests.
+        error_class: `timeout`, `exit`, `agent_error`, `http_429`, `http_5xx`,
+            `interrupted` or `checks` (see `orch.project.RETRY_CLASSES`).
+        exit_code: The process exit code, for the command backend.
+        usage: Tokens and cost, when known.
+        retry_after_s: A server's Retry-After, honoured by the backoff.
+    """
+
+    ok: bool
+    error: str | None = None
+    error_class: str | None = None
+    exit_code: int | None = None
+    usage: Usage | None = None
+    retry_after_s: float | None = None
+
+
+class Backend(Protocol):
+    """Runs attempts for one agent; one instance is shared by all partitions."""
+
+    async def run(self, spec: AttemptSpec) -> AttemptResult:
+        """Run one attempt in `spec.work_dir` and report how it ended."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients and connections."""
+        ...
+
+
+def _module(backend: str) -> ModuleType:
+    return importlib.import_module(BACKENDS[backend])
+
+
+def validate_agent(name: str, raw: Any, where: str, line: int) -> AgentConfig:
+    """Validate one `agents.NAME` mapping of orch.yaml into an AgentConfig.
+
+    Args:
+        name: The agent's key.
+        raw: The YAML value.
+        where: `orch.yaml:LINE: agents.NAME:` prefix for messages.
+        line: The line of the agent key.
+
+    Raises:
+        ConfigError: not a mapping, unknown backend, or a bad setting.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} expected a mapping like {{backend: rehearsal}}")
+    backend = raw.get("backend")
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"{where} unknown backend {backend!r}{did_you_mean(str(backend), BACKENDS)}",
+            f"backends: {', '.join(BACKENDS)}",
+        )
+    module = _module(backend)
+    allowed = COMMON_KEYS | set(module.SETTINGS)
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where} unknown key '{key}' for backend {backend}{did_you_mean(str(key), allowed)}",
+                f"valid keys: {', '.join(sorted(allowed))}",
+            )
+    settings = {k: v for k, v in raw.items() if k != "backend"}
+    for key in ("max_concurrency", "requests_per_minute"):
+        value = settings.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise ConfigError(f"{where} {key}: expected a number > 0, got {value!r}")
+    settings = module.normalize(settings, where)
+    return AgentConfig(name=name, backend=backend, settings=MappingProxyType(settings), line=line)
+
+
+def create_backend(agent: AgentConfig) -> Backend:
+    """Return a new backend instance for `agent` (one per agent per run)."""
+    return _module(agent.backend).create(agent)  # type: ignore[no-any-return]
+
+
+def fingerprint_settings(agent: AgentConfig) -> dict[str, Any]:
+    """Return the settings that shape an agent's outputs (no secrets, no rates).
+
+    Backends keep secrets out of settings entirely (only env var names).
+    """
+    skip = NOT_FINGERPRINTED | set(getattr(_module(agent.backend), "NOT_FINGERPRINTED", ()))
+    settings = {k: v for k, v in agent.settings.items() if k not in skip}
+    return {"backend": agent.backend, **settings}

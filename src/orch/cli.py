@@ -1,0 +1,460 @@
+"""The `orch` command line: parse, call one function, print. Owns exit codes.
+
+Exit codes (DESIGN.md §7): 0 all good · 1 unexpected error · 2 bad usage,
+config or blueprint · 3 some partitions failed · 4 barrier not met ·
+130 interrupted. They are assigned in `EXIT_CODES`, nowhere else.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from orch.errors import (
+    BarrierNotMet,
+    ConfigError,
+    Interrupted,
+    OrchError,
+    PartitionsFailed,
+    StageBlocked,
+    UsageError,
+)
+
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (Interrupted, 130),
+    (BarrierNotMet, 4),
+    (StageBlocked, 4),
+    (PartitionsFailed, 3),
+    (UsageError, 2),
+    (ConfigError, 2),
+    (OrchError, 1),
+)
+
+
+@dataclass
+class Context:
+    """Global options shared by every command."""
+
+    project: str | None = None
+    json: bool = False
+    debug: bool = False
+
+    def workspace(self) -> Any:
+        """Load the project (walking up from cwd unless --project/ORCH_PROJECT)."""
+        from orch.project import find_root, load_project
+        from orch.workspace import Workspace
+
+        return Workspace(load_project(find_root(explicit=self.project)))
+
+    @property
+    def out(self) -> Console:
+        """Console on stdout for data; wide and plain when not a terminal."""
+        console = Console(file=sys.stdout, highlight=False)
+        if not console.is_terminal:
+            console = Console(file=sys.stdout, width=400, highlight=False, no_color=True)
+        return console
+
+    @property
+    def err(self) -> Console:
+        """Console on stderr for progress and messages."""
+        return Console(file=sys.stderr, highlight=False)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--json` to a command (same as the global --json)."""
+
+    def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(Context).json = True
+
+    return click.option(
+        "--json",
+        "json_",
+        is_flag=True,
+        expose_value=False,
+        callback=set_json,
+        help="Machine-readable output on stdout.",
+    )(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--project",
+    "project",
+    metavar="DIR",
+    help="Project directory (else $ORCH_PROJECT, else walk up from cwd).",
+)
+@click.option("--json", "json_", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="orch", prog_name="orch")
+@click.pass_context
+def cli(ctx: click.Context, project: str | None, json_: bool, debug: bool) -> None:
+    """orch: run prompt-defined agents per partition, with disk as the bus."""
+    obj = ctx.ensure_object(Context)
+    obj.project, obj.json, obj.debug = project, obj.json or json_, debug
+
+
+# -- stages -------------------------------------------------------------------------
+
+
+@cli.group()
+def stage() -> None:
+    """List and run stages."""
+
+
+@stage.command("list")
+@json_option
+@pass_ctx
+def stage_list(ctx: Context) -> None:
+    """List stages: blueprint, partitions, output template."""
+    from orch.commands import list_stages
+    from orch.views import print_json, print_table
+
+    rows = list_stages(ctx.workspace())
+    if ctx.json:
+        print_json(ctx.out, rows)
+        return
+    print_table(
+        ctx.out,
+        None,
+        ["stage", "partitions", "kind", "blueprint", "output"],
+        [[r["stage"], r["partitions"], r["kind"], r["blueprint"], r["output"]] for r in rows],
+    )
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by `orch stage run` and `orch run`."""
+    options = [
+        click.option("--only", metavar="ID,...", help="Run only these partition ids."),
+        click.option("--retry-failed", is_flag=True, help="Run only partitions whose last attempt failed."),
+        click.option(
+            "--force", is_flag=True, help="Run every partition; old outputs are kept in wip/attempts/."
+        ),
+        click.option("--max-parallel", type=click.IntRange(min=1), metavar="N", help="Concurrency limit."),
+        click.option("--agent", metavar="NAME", help="Run with this agent instead of the configured one."),
+        click.option("--keep-going", is_flag=True, help="Run every partition, report at the end (default)."),
+        click.option("--halt-on", metavar="N%", help="Stop starting partitions once N% have failed."),
+        click.option(
+            "--wait-locks",
+            type=click.FloatRange(min=0),
+            default=0,
+            metavar="SECONDS",
+            help="Wait this long for partitions held by another orch run (default: skip them).",
+        ),
+        click.option("--dry-run", is_flag=True, help="Show what would run; write nothing."),
+        json_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@stage.command("run")
+@click.argument("stage_name", metavar="STAGE")
+@run_options
+@pass_ctx
+def stage_run(ctx: Context, stage_name: str, **options: Any) -> None:
+    """Run one stage: every partition that is not complete."""
+    from orch.commands import run_stages
+
+    _finish_run(ctx, run_stages(ctx.workspace(), [stage_name], **_run_kwargs(ctx, options)))
+
+
+@cli.command("run")
+@click.option("--until", metavar="STAGE", help="Stop after this stage (and what it reads).")
+@click.option("--from", "from_", metavar="STAGE", help="Start at this stage (upstream must be complete).")
+@run_options
+@pass_ctx
+def run_all(ctx: Context, until: str | None, from_: str | None, **options: Any) -> None:
+    """Run the whole pipeline; a fan-in partition starts when its inputs pass."""
+    from orch.commands import run_pipeline
+
+    _finish_run(ctx, run_pipeline(ctx.workspace(), until, from_, **_run_kwargs(ctx, options)))
+
+
+def _run_kwargs(ctx: Context, options: dict[str, Any]) -> dict[str, Any]:
+    if options.pop("keep_going") and options.get("halt_on"):
+        raise click.UsageError("--keep-going and --halt-on exclude each other")
+    halt = options.pop("halt_on")
+    options["halt_on_pct"] = _percent(halt) if halt else None
+    only = options.pop("only")
+    options["only"] = [i.strip() for i in only.split(",") if i.strip()] if only else None
+    options["sinks_factory"] = lambda: _reporter(ctx)
+    return options
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a percentage like 10%, got {text!r}", param_hint="--halt-on"
+        ) from None
+    if not 0 < value <= 100:
+        raise click.BadParameter("expected a percentage in (0, 100]", param_hint="--halt-on")
+    return value
+
+
+def _reporter(ctx: Context) -> Any:
+    from orch.progress import LiveReporter, PlainReporter
+
+    err = ctx.err
+    return LiveReporter(err) if err.is_terminal and not ctx.json else PlainReporter(sys.stderr)
+
+
+def _finish_run(ctx: Context, result: Any) -> None:
+    from orch.views import (
+        DETAIL_COLUMNS,
+        SUMMARY_COLUMNS,
+        detail_rows,
+        plan_json,
+        plan_rows,
+        print_json,
+        print_table,
+        summary_json,
+        summary_rows,
+    )
+
+    if result.dry_run is not None:
+        if ctx.json:
+            print_json(ctx.out, [plan_json(s, states) for s, states in result.dry_run])
+        else:
+            for stage_name, states in result.dry_run:
+                print_table(
+                    ctx.out,
+                    f"{stage_name} (dry run: nothing written)",
+                    ["partition", "status", "action", "why", "output"],
+                    plan_rows(states),
+                )
+        return
+    summary = result.summary
+    if ctx.json:
+        data = summary_json(summary)
+        data["barriers"] = [b.to_json() for b in result.barriers]
+        print_json(ctx.out, data)
+    else:
+        details = detail_rows(summary)
+        if details:
+            print_table(ctx.out, None, DETAIL_COLUMNS, details)
+        print_table(ctx.out, None, SUMMARY_COLUMNS, summary_rows(summary))
+        ctx.out.print(result.headline, highlight=False, markup=False)
+    result.raise_for_status()
+
+
+# -- inspection ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("stage_name", metavar="[STAGE]", required=False)
+@click.option("--agent", metavar="NAME", help="Plan as if running with this agent.")
+@json_option
+@pass_ctx
+def plan(ctx: Context, stage_name: str | None, agent: str | None) -> None:
+    """Show what a run would do for each partition, and why."""
+    from orch.commands import plan_stages
+    from orch.views import plan_json, plan_rows, print_json, print_table
+
+    planned = plan_stages(ctx.workspace(), stage_name, agent)
+    if ctx.json:
+        data = [plan_json(s, states) for s, states in planned]
+        print_json(ctx.out, data[0] if stage_name else data)
+        return
+    for name, states in planned:
+        print_table(
+            ctx.out,
+            f"{name}: {len(states)} partitions",
+            ["partition", "status", "action", "why", "output"],
+            plan_rows(states),
+        )
+
+
+@cli.command()
+@click.argument("stage_name", metavar="[STAGE]", required=False)
+@json_option
+@pass_ctx
+def status(ctx: Context, stage_name: str | None) -> None:
+    """Counts per status for every stage, or a per-partition table for one."""
+    from orch.commands import stage_status, status_all
+    from orch.views import STATUS_ORDER, print_json, print_table
+
+    ws = ctx.workspace()
+    if stage_name is None:
+        overview = status_all(ws)
+        if ctx.json:
+            print_json(ctx.out, overview)
+            return
+        print_table(
+            ctx.out,
+            None,
+            ["stage", "partitions", *STATUS_ORDER],
+            [[o["stage"], o["partitions"], *o["counts"].values()] for o in overview],
+        )
+        return
+    rows = stage_status(ws, stage_name)
+    if ctx.json:
+        print_json(ctx.out, {"stage": stage_name, "partitions": rows})
+        return
+    print_table(
+        ctx.out,
+        None,
+        ["partition", "status", "attempts", "seconds", "tokens", "cost", "last error"],
+        [
+            [
+                r["id"],
+                r["status"],
+                r["attempts"],
+                r["duration_s"],
+                r["tokens"],
+                r["cost_usd"],
+                r["last_error"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@cli.command()
+@click.argument("stage_name", metavar="STAGE")
+@json_option
+@pass_ctx
+def barrier(ctx: Context, stage_name: str) -> None:
+    """Check a stage's outputs on disk now; report what is missing where."""
+    from orch.barriers import check_barrier
+    from orch.views import print_json, print_table
+
+    report = check_barrier(ctx.workspace(), stage_name)
+    if ctx.json:
+        print_json(ctx.out, report.to_json())
+    elif report.entries:
+        print_table(
+            ctx.out,
+            None,
+            ["partition", "status", "file", "rule", "detail"],
+            [[e.partition, e.status, e.file, e.rule, e.detail] for e in report.entries],
+        )
+    if not report.met:
+        raise BarrierNotMet(
+            f"barrier {stage_name}: {report.complete} of {report.total} partitions complete",
+            f"rerun the missing ones with: orch stage run {stage_name}",
+        )
+    if not ctx.json:
+        ctx.out.print(f"barrier {stage_name}: met ({report.total} of {report.total} complete)")
+
+
+@cli.command()
+@click.argument("stage_name", metavar="STAGE")
+@click.argument("partition_id", metavar="PARTITION")
+@json_option
+@pass_ctx
+def show(ctx: Context, stage_name: str, partition_id: str) -> None:
+    """Everything about one partition: paths, prompt, manifest, attempts, errors."""
+    from orch.commands import show_partition
+    from orch.views import print_json
+
+    data = show_partition(ctx.workspace(), stage_name, partition_id)
+    if ctx.json:
+        print_json(ctx.out, data)
+        return
+    from orch.commands import format_show
+
+    ctx.out.file.write(format_show(data))
+
+
+# -- blueprints ---------------------------------------------------------------------
+
+
+@cli.group()
+def blueprint() -> None:
+    """Render and check blueprints."""
+
+
+@blueprint.command("render")
+@click.argument("stage_name", metavar="STAGE")
+@click.argument("partition_id", metavar="PARTITION")
+@json_option
+@pass_ctx
+def blueprint_render(ctx: Context, stage_name: str, partition_id: str) -> None:
+    """Print exactly the prompt the agent of STAGE/PARTITION receives."""
+    from orch.commands import render_prompt
+    from orch.views import print_json
+
+    prompt = render_prompt(ctx.workspace(), stage_name, partition_id)
+    if ctx.json:
+        print_json(ctx.out, {"stage": stage_name, "partition": partition_id, "prompt": prompt})
+    else:
+        sys.stdout.write(prompt)
+
+
+@blueprint.command("check")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@json_option
+@pass_ctx
+def blueprint_check(ctx: Context, file: Path | None) -> None:
+    """Check blueprints: syntax, every partition renders, params declared and used."""
+    from orch.commands import check_blueprints
+    from orch.views import print_json
+
+    report = check_blueprints(ctx.workspace(), file)
+    if ctx.json:
+        print_json(ctx.out, report.to_json())
+    else:
+        for line in report.lines():
+            ctx.out.print(line, highlight=False, markup=False)
+    report.raise_for_errors()
+
+
+# -- entry point --------------------------------------------------------------------
+
+
+def exit_code_for(error: BaseException) -> int:
+    """Return the exit code of an error (the one mapping, see EXIT_CODES)."""
+    for kind, code in EXIT_CODES:
+        if isinstance(error, kind):
+            return code
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; print errors as `error: ...` / `hint: ...`; return the exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=Context())
+        return 0
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.ClickException as err:
+        err.show()
+        return 2
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("error: interrupted", err=True)
+        return 130
+    except OrchError as err:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {err.message}", err=True)
+        if err.hint:
+            click.echo(f"hint: {err.hint}", err=True)
+        return exit_code_for(err)
+    except BrokenPipeError:
+        return 1
+    except Exception:  # an orch bug: say so, with the traceback
+        traceback.print_exc()
+        click.echo(
+            "error: unexpected internal error (a bug in orch; please report it with the traceback above)",
+            err=True,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""The operation behind each CLI command, returning data for the CLI to print.
+
+Nothing here prints or exits; errors are OrchError subclasses that `orch.cli`
+maps to exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orch.barriers import BarrierReport, check_barrier
+from orch.blueprints import check_params, list_blueprint_files, load_blueprint
+from orch.errors import (
+    BarrierNotMet,
+    BlueprintError,
+    ConfigError,
+    Interrupted,
+    PartitionsFailed,
+    UsageError,
+    did_you_mean,
+)
+from orch.expect import META_DIR
+from orch.plan import PartitionState, Planner, upstream_blockers
+from orch.runlog import EventSink
+from orch.scheduler import RunOptions, RunSummary, Scheduler
+from orch.state import AGENT_LOG, list_attempts, read_error
+from orch.views import status_overview, status_rows
+from orch.workspace import Workspace
+
+
+def list_stages(ws: Workspace) -> list[dict[str, Any]]:
+    """Return one dict per stage: name, partition count, kind, blueprint, output."""
+    rows = []
+    for name, stage in ws.project.stages.items():
+        if stage.fan_in:
+            kind = f"fan-in from {stage.fan_in.from_stage}" + (
+                f" by {stage.fan_in.by}" if stage.fan_in.by else " (all)"
+            )
+        else:
+            kind = f"fan-out over {stage.partitions.path if stage.partitions else '?'}"
+        if stage.needs:
+            kind += f"; needs {', '.join(stage.needs)}"
+        rows.append(
+            {
+                "stage": name,
+                "partitions": len(ws.partitions.for_stage(name)),
+                "kind": kind,
+                "blueprint": stage.blueprint,
+                "output": stage.output,
+                "agent": stage.agent or ws.project.default_agent,
+            }
+        )
+    return rows
+
+
+def plan_stages(
+    ws: Workspace, stage: str | None, agent: str | None = None, only: Sequence[str] | None = None
+) -> list[tuple[str, list[PartitionState]]]:
+    """Return `(stage, states)` for one stage or all, narrowed to `only` ids."""
+    if agent:
+        ws.project.agent(agent)
+    planner = Planner(ws, agent)
+    names = [ws.project.stage(stage).name] if stage else list(ws.project.stages)
+    result = []
+    for name in names:
+        states = planner.stage_states(name)
+        if only:
+            states = [s for s in states if s.partition.id in set(only)]
+        result.append((name, states))
+    return result
+
+
+def status_all(ws: Workspace) -> list[dict[str, Any]]:
+    """Return counts per status for every stage."""
+    return status_overview(Planner(ws))
+
+
+def stage_status(ws: Workspace, stage: str) -> list[dict[str, Any]]:
+    """Return the per-partition status rows of one stage."""
+    return status_rows(ws, Planner(ws).stage_states(ws.project.stage(stage).name))
+
+
+def render_prompt(ws: Workspace, stage: str, partition_id: str) -> str:
+    """Return the prompt of one partition; inputs not yet complete show as placeholders."""
+    partition = ws.partitions.get(ws.project.stage(stage).name, partition_id)
+    planner = Planner(ws)
+    for child_stage in {s for s, _ in partition.children}:
+        planner.stage_states(child_stage)
+    return ws.render(partition, planner.child_manifests(partition), preview=True)
+
+
+@dataclass
+class BlueprintReport:
+    """Result of `orch blueprint check`: errors fail it, warnings do not."""
+
+    checked: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rendered: int = 0
+
+    def lines(self) -> list[str]:
+        """Human-readable lines: errors, warnings, then a total."""
+        out = [f"error: {e}" for e in self.errors] + [f"warning: {w}" for w in self.warnings]
+        out.append(
+            f"checked {len(self.checked)} blueprint(s), rendered {self.rendered} "
+            f"partition prompt(s): {len(self.errors)} error(s), "
+            f"{len(self.warnings)} warning(s)"
+        )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "checked": self.checked,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "rendered": self.rendered,
+            "ok": not self.errors,
+        }
+
+    def raise_for_errors(self) -> None:
+        """Raise BlueprintError (exit 2) when any blueprint has errors."""
+        if self.errors:
+            raise BlueprintError(
+                f"{len(self.errors)} blueprint error(s), see above",
+                "fix them and run orch blueprint check again",
+            )
+
+
+def check_blueprints(ws: Workspace, file: Path | None) -> BlueprintReport:
+    """Parse blueprints, render every partition of the stages using them, check params.
+
+    Args:
+        ws: The workspace.
+        file: One blueprint to check, or None for `agents/*.md` and every
+            blueprint a stage names.
+    """
+    stages_by_file: dict[str, list[str]] = {}
+    for name, stage in ws.project.stages.items():
+        stages_by_file.setdefault(stage.blueprint, []).append(name)
+    if file is not None:
+        target = (Path.cwd() / file).resolve()
+        try:
+            files = [str(target.relative_to(ws.root.resolve()))]
+        except ValueError:
+            raise UsageError(f"{file}: not inside the project {ws.root}") from None
+    else:
+        files = list_blueprint_files(ws.root, stages_by_file)
+    report = BlueprintReport()
+    planner = Planner(ws)
+    for rel in files:
+        report.checked.append(rel)
+        try:
+            blueprint = load_blueprint(ws.root, rel)
+        except ConfigError as err:
+            report.errors.append(err.message)
+            continue
+        report.warnings.extend(check_params(blueprint))
+        if rel not in stages_by_file:
+            report.warnings.append(f"{rel}: not used by any stage in orch.yaml")
+        for stage_name in stages_by_file.get(rel, []):
+            for partition in ws.partitions.for_stage(stage_name):
+                try:
+                    manifests = {}
+                    if partition.children:
+                        for child_stage in {s for s, _ in partition.children}:
+                            planner.stage_states(child_stage)
+                        manifests = planner.child_manifests(partition)
+                    ws.render(partition, manifests, preview=True)
+                    report.rendered += 1
+                except BlueprintError as err:
+                    if err.message not in report.errors:
+                        report.errors.append(err.message)
+    return report
+
+
+@dataclass
+class RunResult:
+    """What `orch stage run` / `orch run` produced, for the CLI to print."""
+
+    summary: RunSummary | None = None
+    barriers: list[BarrierReport] = field(default_factory=list)
+    dry_run: list[tuple[str, list[PartitionState]]] | None = None
+
+    @property
+    def headline(self) -> str:
+        """One line: counts, time, and where the event log is."""
+        summary = self.summary
+        assert summary is not None
+        total = len(summary.outcomes)
+        ran = summary.count("complete")
+        if total and ran == 0 and summary.ok:
+            return f"nothing to do: all {total} partition(s) up to date ({summary.duration_s}s)"
+        parts = [f"{summary.count('complete')} completed now", f"{summary.count('up-to-date')} up to date"]
+        for status in ("failed", "blocked", "held", "halted", "interrupted", "skipped"):
+            if summary.count(status):
+                parts.append(f"{summary.count(status)} {status}")
+        cost = f" · ${summary.cost_usd:.4f}" if summary.cost_usd else ""
+        barriers = " · ".join(
+            f"barrier {b.stage}: {'met' if b.met else f'NOT met ({b.complete}/{b.total})'}"
+            for b in self.barriers
+        )
+        return (
+            f"{' · '.join(parts)} of {total} in {summary.duration_s}s{cost}\n{barriers}\n"
+            f"events: {summary.events_path}"
+        )
+
+    def raise_for_status(self) -> None:
+        """Raise the error that sets the exit code: 130, 3, 4 or none."""
+        summary = self.summary
+        if summary is None:
+            return
+        if summary.interrupted:
+            raise Interrupted(
+                "run interrupted; running agents were terminated and recorded",
+                "run the same command again to resume",
+            )
+        bad = [o for o in summary.outcomes if o.status in ("failed", "blocked", "halted", "interrupted")]
+        if bad:
+            first = bad[0]
+            raise PartitionsFailed(
+                f"{len(bad)} of {len(summary.outcomes)} partitions did not complete "
+                f"({', '.join(f'{o.stage}/{o.partition}' for o in bad[:5])}"
+                f"{' ...' if len(bad) > 5 else ''}); see wip/notes.md",
+                f"inspect with: orch show {first.stage} {first.partition}; "
+                f"rerun the failed ones with: orch stage run {first.stage} --retry-failed",
+            )
+        unmet = [b for b in self.barriers if not b.met]
+        if unmet:
+            held = [o for o in summary.outcomes if o.status == "held"]
+            raise BarrierNotMet(
+                f"barrier not met for {', '.join(b.stage for b in unmet)}"
+                + (f" ({len(held)} partition(s) held by another orch run)" if held else ""),
+                f"check with: orch barrier {unmet[0].stage}",
+            )
+
+
+def run_stages(
+    ws: Workspace,
+    stages: list[str],
+    *,
+    only: list[str] | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
+    max_parallel: int | None = None,
+    agent: str | None = None,
+    halt_on_pct: float | None = None,
+    wait_locks: float = 0.0,
+    dry_run: bool = False,
+    sinks_factory: Callable[[], EventSink] | None = None,
+) -> RunResult:
+    """Run `stages` (upstream first) and check their barriers.
+
+    Raises:
+        ConfigError / BlueprintError: before anything runs, if any prompt in
+            scope cannot be rendered (nothing is written).
+        UsageError: unknown partition ids in `only`, or an unknown agent.
+        StageBlocked: a partition's upstream input is not complete (single
+            stage runs only; `orch run` blocks per partition instead).
+    """
+    names = [ws.project.stage(s).name for s in stages]
+    if agent:
+        ws.project.agent(agent)
+    planner = Planner(ws, agent)
+    if only:
+        _check_only(ws, names, only)
+    in_run = set(names)
+    for name in names:
+        stage = ws.project.stage(name)
+        if not set(stage.upstream) <= in_run:
+            upstream_blockers(planner, stage, only)
+        planner.stage_states(name)
+    if dry_run:
+        return RunResult(
+            dry_run=[
+                (n, [s for s in planner.stage_states(n) if not only or s.partition.id in only]) for n in names
+            ]
+        )
+    options = RunOptions(
+        stages=tuple(names),
+        only=frozenset(only) if only else None,
+        max_parallel=max_parallel,
+        agent=agent,
+        halt_on_pct=halt_on_pct,
+        retry_failed=retry_failed,
+        force=force,
+        wait_locks_s=wait_locks,
+    )
+    reporter = sinks_factory() if sinks_factory else None
+    scheduler = Scheduler(ws, options, [reporter] if reporter else [])
+    try:
+        summary = asyncio.run(scheduler.run())
+    finally:
+        if reporter is not None and hasattr(reporter, "close"):
+            reporter.close()
+    barriers = [check_barrier(ws, name, agent) for name in names] if not summary.interrupted else []
+    return RunResult(summary=summary, barriers=barriers)
+
+
+def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options: Any) -> RunResult:
+    """Run every stage between `from_` and `until` as one partition-level DAG."""
+    stages = list(ws.project.stages)
+    if until:
+        keep = _ancestors(ws, ws.project.stage(until).name)
+        stages = [s for s in stages if s in keep]
+    if from_:
+        keep = _descendants(ws, ws.project.stage(from_).name)
+        stages = [s for s in stages if s in keep]
+    if not stages:
+        raise UsageError(f"no stages between --from {from_} and --until {until}")
+    return run_stages(ws, stages, **options)
+
+
+def _ancestors(ws: Workspace, name: str) -> set[str]:
+    found = {name}
+    for upstream in ws.project.stage(name).upstream:
+        found |= _ancestors(ws, upstream)
+    return found
+
+
+def _descendants(ws: Workspace, name: str) -> set[str]:
+    found = {name}
+    changed = True
+    while changed:
+        changed = False
+        for stage_name, stage in ws.project.stages.items():
+            if stage_name not in found and set(stage.upstream) & found:
+                found.add(stage_name)
+                changed = True
+    return found
+
+
+def _check_only(ws: Workspace, names: list[str], only: list[str]) -> None:
+    known = {p.id for n in names for p in ws.partitions.for_stage(n)}
+    for pid in only:
+        if pid not in known:
+            raise UsageError(
+                f"--only: no partition '{pid}' in stage(s) {', '.join(names)}{did_you_mean(pid, known)}",
+                f"list partitions with: orch plan {names[0]}",
+            )
+
+
+def show_partition(ws: Workspace, stage: str, partition_id: str) -> dict[str, Any]:
+    """Return everything about one partition (paths relative to the project root)."""
+    stage_name = ws.project.stage(stage).name
+    partition = ws.partitions.get(stage_name, partition_id)
+    planner = Planner(ws)
+    state = planner.state(stage_name, partition_id)
+    out_dir = ws.root / partition.out_dir
+    attempts = []
+    for number, path in list_attempts(ws.root, stage_name, partition_id):
+        error = read_error(path) or {}
+        attempts.append(
+            {
+                "n": number,
+                "path": str(path.relative_to(ws.root)),
+                "outcome": error.get("outcome", "replaced by a later run"),
+                "error": error.get("error"),
+                "error_class": error.get("error_class"),
+                "log_tail": _tail(path / META_DIR / AGENT_LOG),
+            }
+        )
+    manifest = state.manifest
+    return {
+        "stage": stage_name,
+        "partition": partition_id,
+        "status": state.status.value,
+        "reason": state.reason,
+        "source": partition.source,
+        "out_dir": partition.out_dir,
+        "params": {k: v for k, v in partition.params.items()},
+        "inputs": [f"{s}/{p}" for s, p in partition.children],
+        "outputs": [{"path": f"{partition.out_dir}/{o.path}", "bytes": o.bytes} for o in manifest.outputs]
+        if manifest
+        else [],
+        "prompt_file": f"{partition.out_dir}/{META_DIR}/prompt.md" if manifest else None,
+        "log_file": f"{partition.out_dir}/{META_DIR}/{AGENT_LOG}" if manifest else None,
+        "manifest": f"{partition.out_dir}/{META_DIR}/manifest.json" if manifest else None,
+        "manifest_data": _manifest_summary(manifest),
+        "findings": [str(f) for f in state.findings],
+        "attempts": attempts,
+        "last_error": (state.last_error or {}).get("error")
+        or next((a["error"] for a in reversed(attempts) if a["error"]), None),
+        "prompt": state.prompt,
+        "exists": out_dir.exists(),
+    }
+
+
+def _manifest_summary(manifest: Any) -> dict[str, Any] | None:
+    if manifest is None:
+        return None
+    return {
+        "attempt": manifest.attempt,
+        "fingerprint": manifest.fingerprint,
+        "agent": manifest.agent,
+        "usage": manifest.usage,
+        "run_id": manifest.run_id,
+        "duration_s": manifest.duration_s,
+        "attempts": manifest.attempts,
+    }
+
+
+def _tail(path: Path, lines: int = 10) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def format_show(data: dict[str, Any]) -> str:
+    """Return `orch show` as text: status, paths, attempts with log tails, prompt head."""
+    out = [
+        f"{data['stage']} / {data['partition']}: {data['status']} — {data['reason']}",
+        f"  source     {data['source']}",
+        f"  directory  {data['out_dir']}",
+    ]
+    if data["inputs"]:
+        out.append(f"  inputs     {', '.join(data['inputs'])}")
+    for key, label in (("prompt_file", "prompt"), ("log_file", "log"), ("manifest", "manifest")):
+        if data[key]:
+            out.append(f"  {label:<10} {data[key]}")
+    for output in data["outputs"]:
+        out.append(f"  output     {output['path']} ({output['bytes']} bytes)")
+    for finding in data["findings"]:
+        out.append(f"  problem    {finding}")
+    manifest = data["manifest_data"]
+    if manifest:
+        usage = ", ".join(f"{k}={v}" for k, v in sorted(manifest["usage"].items())) or "unknown"
+        out.append(
+            f"  promoted   attempt {manifest['attempt']} by {manifest['agent']['name']} "
+            f"in {manifest['duration_s']}s (run {manifest['run_id']}); usage: {usage}"
+        )
+    if data["attempts"]:
+        out.append("attempts kept in wip/attempts:")
+        for attempt in data["attempts"]:
+            out.append(
+                f"  #{attempt['n']} {attempt['outcome']}: {attempt['error'] or '-'}  ({attempt['path']})"
+            )
+            out.extend(f"      | {line}" for line in attempt["log_tail"])
+    if data["last_error"]:
+        out.append(f"last error: {data['last_error']}")
+    if data["prompt"]:
+        head = data["prompt"].splitlines()[:8]
+        out.append(f"prompt (first lines; full: orch blueprint render {data['stage']} {data['partition']}):")
+        out.extend(f"  > {line}" for line in head)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,167 @@
+"""Read YAML, JSON and CSV documents, keeping the line each value came from.
+
+YAML mappings and lists load as `LineDict` / `LineList`, which remember the
+1-based line of the node and of each key, so errors can say `file:line`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orch.errors import ConfigError
+
+
+class LineDict(dict):  # type: ignore[type-arg]
+    """A dict from YAML that knows its own line and each key's line (1-based)."""
+
+    line: int = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines: dict[Any, int] = {}
+
+    def line_of(self, key: Any) -> int:
+        """Return the line of `key`, or of the mapping itself when unknown."""
+        return self.key_lines.get(key, self.line)
+
+
+class LineList(list):  # type: ignore[type-arg]
+    """A list from YAML that knows its own line and each item's line (1-based)."""
+
+    line: int = 0
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.item_lines: list[int] = []
+
+    def line_of(self, index: int) -> int:
+        """Return the line of item `index`, or of the list itself when unknown."""
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader whose mappings and sequences carry line numbers."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    mapping = LineDict()
+    mapping.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_lines[key] = key_node.start_mark.line + 1
+    return mapping
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineList:
+    items = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    items.line = node.start_mark.line + 1
+    items.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return items
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def parse_yaml(text: str, label: str, line_offset: int = 0) -> Any:
+    """Parse YAML text into LineDict/LineList values.
+
+    Args:
+        text: The YAML source.
+        label: The file name used in error messages (relative to the project).
+        line_offset: Added to reported lines (front matter starts past line 1).
+
+    Raises:
+        ConfigError: `label:line: invalid YAML: ...` for any parser error.
+    """
+    try:
+        return yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{label}:{mark.line + 1 + line_offset}" if mark else label
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}: invalid YAML: {problem}", "fix the syntax at that line") from err
+
+
+def read_text(path: Path, label: str) -> str:
+    """Read a UTF-8 file, turning OS and decoding errors into ConfigError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(f"{label}: file not found") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{label}: cannot read: {err}") from err
+
+
+def load_document(path: Path, label: str) -> Any:
+    """Load a references document by its suffix: .yaml/.yml, .json or .csv.
+
+    CSV loads as a list of row dicts (header row gives the keys); each row
+    dict is a LineDict whose `line` is its line in the file.
+
+    Raises:
+        ConfigError: unknown suffix, unreadable file, or malformed content,
+            naming the file and the line where the parser gives one.
+    """
+    suffix = path.suffix.lower()
+    text = read_text(path, label)
+    if suffix in (".yaml", ".yml"):
+        return parse_yaml(text, label)
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{label}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})",
+                "fix the syntax at that line",
+            ) from err
+    if suffix == ".csv":
+        return _parse_csv(text, label)
+    raise ConfigError(
+        f"{label}: unsupported references format '{suffix}'",
+        "use a .yaml, .yml, .json or .csv file",
+    )
+
+
+def _parse_csv(text: str, label: str) -> LineList:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows = LineList()
+    rows.line = 1
+    try:
+        header = next(reader, None)
+        if header is None:
+            return rows
+        header = [h.strip() for h in header]
+        if len(set(header)) != len(header) or any(not h for h in header):
+            raise ConfigError(
+                f"{label}:1: invalid CSV header: column names must be non-empty and unique",
+                "name every column once in the first row",
+            )
+        for record in reader:
+            line = reader.line_num
+            if not record or all(not cell.strip() for cell in record):
+                continue
+            if len(record) != len(header):
+                raise ConfigError(
+                    f"{label}:{line}: invalid CSV: row has {len(record)} fields, header has {len(header)}",
+                    "quote fields that contain commas, and give every row every column",
+                )
+            row = LineDict(zip(header, record, strict=True))
+            row.line = line
+            rows.append(row)
+            rows.item_lines.append(line)
+    except csv.Error as err:
+        raise ConfigError(
+            f"{label}:{reader.line_num}: invalid CSV: {err}", "fix the quoting at that line"
+        ) from err
+    return rows

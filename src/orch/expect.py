@@ -1,0 +1,203 @@
+"""Check a partition directory against its stage's expect rules.
+
+Rules (DESIGN.md §3): a file or a glob with a minimum count; non-empty;
+`min_bytes`; required Markdown headings; valid JSON; a JSON Schema. No
+symlink may point outside the partition directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orch.errors import ConfigError
+from orch.project import ExpectRule
+
+META_DIR = ".orch"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One way a partition's outputs fail a rule.
+
+    Attributes:
+        file: The file (or glob) relative to the partition directory.
+        rule: `exists`, `non_empty`, `min_bytes`, `headings`, `json`, `schema`,
+            `glob` or `symlink`.
+        detail: What exactly is wrong, in one line.
+    """
+
+    file: str
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.detail} ({self.rule})"
+
+
+class SchemaStore:
+    """JSON Schema validators loaded once per project from project-relative paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._validators: dict[str, Any] = {}
+        self._digests: dict[str, str] = {}
+
+    def validator(self, rel: str) -> Any:
+        """Return a jsonschema validator for `root/rel`.
+
+        Raises:
+            ConfigError: the schema is missing, not JSON, or not a valid schema.
+        """
+        if rel not in self._validators:
+            import jsonschema
+
+            path = self.root / rel
+            try:
+                schema = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ConfigError(
+                    f"{rel}: schema file not found (named by an expect rule in orch.yaml)"
+                ) from None
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"{rel}: cannot read JSON schema: {err}") from err
+            cls = jsonschema.validators.validator_for(schema)
+            try:
+                cls.check_schema(schema)
+            except jsonschema.SchemaError as err:
+                raise ConfigError(f"{rel}: invalid JSON Schema: {err.message}") from err
+            self._validators[rel] = cls(schema)
+        return self._validators[rel]
+
+    def schema(self, rel: str) -> Any:
+        """Return the parsed schema document at `rel`."""
+        return self.validator(rel).schema
+
+
+def _rule_files(directory: Path, rule: ExpectRule) -> tuple[list[str], Finding | None]:
+    if rule.file is not None:
+        return [rule.file], None
+    matches = sorted(
+        str(p.relative_to(directory))
+        for p in directory.glob(str(rule.glob))
+        if META_DIR not in p.relative_to(directory).parts
+    )
+    if len(matches) < rule.min_count:
+        return matches, Finding(
+            str(rule.glob), "glob", f"{len(matches)} files match, at least {rule.min_count} expected"
+        )
+    return matches, None
+
+
+def check_outputs(
+    directory: Path,
+    rules: tuple[ExpectRule, ...],
+    schemas: SchemaStore,
+    known: Mapping[str, tuple[int, int]] | None = None,
+) -> list[Finding]:
+    """Return every way `directory` fails `rules` (empty list: all pass).
+
+    Args:
+        directory: A partition or staging directory.
+        rules: The stage's expect rules.
+        schemas: Where schema validators come from.
+        known: `file -> (size, mtime_ns)` of outputs already checked in full
+            at promotion; a file whose stat still matches skips the content
+            checks (the same trust make places in mtimes). None checks all and
+            also walks the directory for symlinks leaving it.
+
+    Raises:
+        ConfigError: a rule names a missing or invalid schema file.
+    """
+    findings: list[Finding] = []
+    for rule in rules:
+        names, glob_finding = _rule_files(directory, rule)
+        if glob_finding:
+            findings.append(glob_finding)
+        for name in names:
+            findings.extend(_check_file(directory, name, rule, schemas, known))
+    if known is None:
+        findings.extend(_check_symlinks(directory))
+    return findings
+
+
+def _check_file(
+    directory: Path,
+    name: str,
+    rule: ExpectRule,
+    schemas: SchemaStore,
+    known: Mapping[str, tuple[int, int]] | None,
+) -> list[Finding]:
+    path = directory / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return [Finding(name, "exists", "missing")]
+    except OSError as err:
+        return [Finding(name, "exists", f"cannot stat: {err.strerror}")]
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        if not _inside(directory, target):
+            return [Finding(name, "symlink", f"symlink points outside the partition: {target}")]
+        st = os.stat(path)
+    if not os.path.isfile(path):
+        return [Finding(name, "exists", "not a regular file")]
+    if (rule.non_empty or rule.json) and st.st_size == 0:
+        return [Finding(name, "non_empty", "empty file")]
+    if st.st_size < rule.min_bytes:
+        return [Finding(name, "min_bytes", f"{st.st_size} bytes, at least {rule.min_bytes} expected")]
+    if not (rule.headings or rule.json):
+        return []
+    if known is not None and known.get(name) == (st.st_size, st.st_mtime_ns):
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return [Finding(name, "exists", f"cannot read as UTF-8 text: {err}")]
+    findings = []
+    if rule.headings:
+        present = {line.rstrip() for line in text.splitlines()}
+        missing = [h for h in rule.headings if h not in present]
+        if missing:
+            findings.append(
+                Finding(name, "headings", f"missing heading {', '.join(repr(h) for h in missing)}")
+            )
+    if rule.json:
+        findings.extend(_check_json(name, text, rule, schemas))
+    return findings
+
+
+def _check_json(name: str, text: str, rule: ExpectRule, schemas: SchemaStore) -> list[Finding]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        return [Finding(name, "json", f"invalid JSON at line {err.lineno}: {err.msg}")]
+    if rule.schema is None:
+        return []
+    error = next(iter(schemas.validator(rule.schema).iter_errors(document)), None)
+    if error is None:
+        return []
+    at = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return [Finding(name, "schema", f"{rule.schema}: at {at}: {error.message}")]
+
+
+def _check_symlinks(directory: Path) -> list[Finding]:
+    findings = []
+    for base, dirs, files in os.walk(directory):
+        for entry in dirs + files:
+            path = os.path.join(base, entry)
+            if os.path.islink(path) and not _inside(directory, os.path.realpath(path)):
+                rel = os.path.relpath(path, directory)
+                findings.append(
+                    Finding(rel, "symlink", f"symlink points outside the partition: {os.path.realpath(path)}")
+                )
+    return findings
+
+
+def _inside(directory: Path, target: str) -> bool:
+    base = os.path.realpath(directory)
+    return target == base or target.startswith(base + os.sep)

@@ -1,0 +1,294 @@
+"""Decide each partition's status from disk, and explain it.
+
+Pure apart from reading: project × partitions × what is on disk → a
+`PartitionState` per partition (status, reason, fingerprint). `orch plan`,
+`orch status`, `orch barrier` and the scheduler all decide from here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from orch.errors import StageBlocked
+from orch.expect import Finding, check_outputs
+from orch.partitions import Partition
+from orch.project import AgentConfig, Stage
+from orch.state import (
+    Manifest,
+    is_locked,
+    list_attempts,
+    read_error,
+    read_manifest,
+)
+from orch.workspace import ChildKey, Fingerprint, Workspace
+
+_STAGING = re.compile(r"^\.(?P<pid>.+)\.attempt-(?P<n>\d+)$")
+
+
+class Status(Enum):
+    """A partition's status (DESIGN.md §5)."""
+
+    MISSING = "missing"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    INCOMPLETE = "incomplete"
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """What is true of one partition on disk now, and why.
+
+    Attributes:
+        partition: The partition.
+        status: Its status.
+        reason: One line: "missing", "failed in attempt 3: timeout after 20m",
+            "stale: prompt changed (blueprint agents/02.deep_researcher.md)", ...
+        manifest: Its manifest if the directory holds a valid one.
+        fingerprint: The current fingerprint; None while inputs are not complete.
+        prompt: The current rendered prompt; None while inputs are not complete.
+        findings: Expect-rule failures of the promoted outputs (incomplete).
+        last_error: The latest failed attempt's error record, if any.
+        waiting_on: Upstream partitions that are not complete.
+    """
+
+    partition: Partition
+    status: Status
+    reason: str
+    manifest: Manifest | None = None
+    fingerprint: Fingerprint | None = None
+    prompt: str | None = None
+    findings: tuple[Finding, ...] = ()
+    last_error: dict[str, Any] | None = None
+    waiting_on: tuple[ChildKey, ...] = field(default=())
+
+    @property
+    def is_complete(self) -> bool:
+        """True when the partition is complete and up to date."""
+        return self.status is Status.COMPLETE
+
+
+class Planner:
+    """Assesses partitions of a workspace, memoizing per stage.
+
+    Args:
+        workspace: The loaded project.
+        agent_override: Agent name replacing every stage's agent (`--agent`).
+        deep: Re-check output contents in full (barrier); otherwise trust
+            promoted files whose size and mtime are unchanged.
+    """
+
+    def __init__(self, workspace: Workspace, agent_override: str | None = None, deep: bool = False) -> None:
+        self.ws = workspace
+        self.agent_override = agent_override
+        self.deep = deep
+        self._states: dict[str, dict[str, PartitionState]] = {}
+        self._listings: dict[Path, dict[str, list[str]]] = {}
+        self._attempted: dict[str, set[str]] = {}
+
+    def agent_for(self, stage: Stage) -> AgentConfig:
+        """Return the agent a stage runs with (the override, the stage's, or default)."""
+        return self.ws.project.agent(self.agent_override or stage.agent)
+
+    def stage_states(self, name: str) -> list[PartitionState]:
+        """Return the state of every partition of stage `name`, in start order."""
+        if name not in self._states:
+            stage = self.ws.project.stage(name)
+            for upstream in stage.upstream:
+                self.stage_states(upstream)
+            agent = self.agent_for(stage)
+            self._states[name] = {
+                p.id: self.assess(p, agent, self.child_manifests(p))
+                for p in self.ws.partitions.for_stage(name)
+            }
+        return list(self._states[name].values())
+
+    def state(self, stage: str, partition_id: str) -> PartitionState:
+        """Return one partition's state."""
+        self.stage_states(stage)
+        return self._states[stage][partition_id]
+
+    def child_manifests(self, partition: Partition) -> dict[ChildKey, Manifest | None]:
+        """Return the manifests of `partition`'s children that are complete now."""
+        result: dict[ChildKey, Manifest | None] = {}
+        for key in partition.children:
+            child = self._states[key[0]][key[1]]
+            result[key] = child.manifest if child.is_complete else None
+        return result
+
+    def assess(
+        self,
+        partition: Partition,
+        agent: AgentConfig,
+        manifests: Mapping[ChildKey, Manifest | None],
+    ) -> PartitionState:
+        """Return the state of one partition given its children's manifests.
+
+        `manifests` maps each child to its manifest when complete, else None.
+        """
+        stage = self.ws.project.stage(partition.stage)
+        out_dir = self.ws.root / partition.out_dir
+        listing = self._listing(out_dir.parent)
+        exists = out_dir.name in listing.get("", ())
+        manifest = read_manifest(out_dir) if exists else None
+        if out_dir.name in listing and is_locked(self.ws.root, partition.stage, partition.id):
+            return PartitionState(partition, Status.RUNNING, "running in another orch process", manifest)
+        waiting = tuple(k for k in partition.children if manifests.get(k) is None)
+        if waiting:
+            names = ", ".join(f"{s}/{p}" for s, p in waiting[:3])
+            more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+            if manifest:
+                return PartitionState(
+                    partition,
+                    Status.STALE,
+                    f"stale: input {names}{more} is not complete",
+                    manifest,
+                    waiting_on=waiting,
+                )
+            return PartitionState(
+                partition, Status.MISSING, f"missing; waiting for {names}{more}", waiting_on=waiting
+            )
+        prompt = self.ws.render(partition, manifests)
+        fingerprint = self.ws.fingerprint(partition, prompt, agent, manifests)
+        if manifest is not None:
+            if manifest.fingerprint != fingerprint.value:
+                return PartitionState(
+                    partition,
+                    Status.STALE,
+                    stale_reason(manifest, fingerprint, partition, stage),
+                    manifest,
+                    fingerprint,
+                    prompt,
+                )
+            findings = check_outputs(
+                out_dir, stage.expect, self.ws.schemas, None if self.deep else manifest.known_outputs()
+            )
+            if findings:
+                return PartitionState(
+                    partition,
+                    Status.INCOMPLETE,
+                    f"incomplete: {findings[0]}",
+                    manifest,
+                    fingerprint,
+                    prompt,
+                    tuple(findings),
+                )
+            return PartitionState(partition, Status.COMPLETE, "complete", manifest, fingerprint, prompt)
+        if exists:
+            return PartitionState(
+                partition,
+                Status.INCOMPLETE,
+                "incomplete: directory has no valid .orch/manifest.json",
+                None,
+                fingerprint,
+                prompt,
+                (Finding(".orch/manifest.json", "exists", "missing or invalid"),),
+            )
+        error = self._last_error(partition)
+        if error is not None:
+            return PartitionState(
+                partition,
+                Status.FAILED,
+                f"failed in attempt {error.get('n', '?')}: {error.get('error', 'unknown error')}",
+                None,
+                fingerprint,
+                prompt,
+                last_error=error,
+            )
+        return PartitionState(partition, Status.MISSING, "missing", None, fingerprint, prompt)
+
+    def _listing(self, parent: Path) -> dict[str, list[str]]:
+        """Map directory name -> staging attempt numbers, and "" -> names present."""
+        if parent not in self._listings:
+            listing: dict[str, list[str]] = {"": []}
+            try:
+                names = os.listdir(parent)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                match = _STAGING.match(name)
+                if match:
+                    listing.setdefault(match.group("pid"), []).append(match.group("n"))
+                else:
+                    listing[""].append(name)
+            listing[""] = set(listing[""])  # type: ignore[assignment]
+            self._listings[parent] = listing
+        return self._listings[parent]
+
+    def _last_error(self, partition: Partition) -> dict[str, Any] | None:
+        if partition.stage not in self._attempted:
+            base = self.ws.root / "wip" / "attempts" / partition.stage
+            try:
+                self._attempted[partition.stage] = set(os.listdir(base))
+            except FileNotFoundError:
+                self._attempted[partition.stage] = set()
+        if partition.id not in self._attempted[partition.stage]:
+            return None
+        attempts = list_attempts(self.ws.root, partition.stage, partition.id)
+        for _, path in reversed(attempts):
+            error = read_error(path)
+            if error is not None:
+                return error
+        return None
+
+
+def stale_reason(manifest: Manifest, fp: Fingerprint, partition: Partition, stage: Stage) -> str:
+    """Explain which input of the fingerprint changed, most specific first."""
+    old = manifest.parts
+    if old.get("inputs") != dict(fp.inputs):
+        before = old.get("inputs") or {}
+        changed = [k.split("/", 1)[1] for k, v in fp.inputs.items() if before.get(k) != v]
+        changed += [k.split("/", 1)[1] for k in before if k not in fp.inputs]
+        if changed:
+            label = "child" if len(changed) == 1 else "children"
+            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            return f"stale: {label} {shown} changed"
+    if old.get("prompt") != fp.prompt:
+        if old.get("row") != fp.row:
+            source = partition.source.split(":", 1)[0]
+            return f"stale: {source} row changed"
+        if old.get("vars") != fp.vars:
+            return "stale: vars changed (orch.yaml)"
+        if old.get("blueprint") != fp.blueprint:
+            return f"stale: prompt changed (blueprint {stage.blueprint})"
+        return "stale: prompt changed"
+    if old.get("agent") != fp.agent:
+        return "stale: agent settings changed"
+    if old.get("expect") != fp.expect:
+        return "stale: expect rules changed"
+    return "stale: fingerprint changed"
+
+
+def upstream_blockers(planner: Planner, stage: Stage, only: Iterable[str] | None = None) -> None:
+    """Refuse to start `stage` while an upstream partition it reads is not complete.
+
+    Raises:
+        StageBlocked: naming the upstream partitions that hold it back.
+    """
+    wanted = set(only) if only else None
+    blockers: list[str] = []
+    for partition in planner.ws.partitions.for_stage(stage.name):
+        if wanted is not None and partition.id not in wanted:
+            continue
+        for child_stage, child_id in partition.children:
+            child = planner.state(child_stage, child_id)
+            if not child.is_complete:
+                blockers.append(f"{child_stage}/{child_id} ({child.reason})")
+    if blockers:
+        unique = sorted(set(blockers))
+        shown = "\n  ".join(unique[:10]) + (
+            f"\n  ... and {len(unique) - 10} more" if len(unique) > 10 else ""
+        )
+        raise StageBlocked(
+            f"stage {stage.name} cannot start: the barrier of "
+            f"{', '.join(stage.upstream)} is not met:\n  {shown}",
+            f"run the upstream stage first (orch stage run {stage.upstream[0]}), "
+            "or run the whole pipeline with: orch run",
+        )

@@ -1,0 +1,81 @@
+"""A run's records: `wip/runs/<run-id>/events.jsonl` and `wip/notes.md`.
+
+Every event is one JSON object per line, flushed as it happens, so a killed
+run leaves a readable log. Failures also get a short human entry in notes.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+def new_run_id() -> str:
+    """Return a sortable, unique run id: `20261125T174501Z-12345`."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}"
+
+
+class RunLog:
+    """Appends events of one run and notes of its failures.
+
+    Args:
+        root: Project root.
+        run_id: The run's id (directory name under `wip/runs/`).
+        sinks: Called with every event after it is written (progress display).
+    """
+
+    def __init__(self, root: Path, run_id: str, sinks: list[EventSink] | None = None) -> None:
+        self.root = root
+        self.run_id = run_id
+        self.dir = root / "wip" / "runs" / run_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "events.jsonl"
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._sinks = sinks or []
+        self._noted = False
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one event line `{"ts", "event", "run_id", **fields}` and notify sinks.
+
+        `ts` is Unix time in seconds (float).
+        """
+        record = {"ts": round(time.time(), 6), "event": event, "run_id": self.run_id, **fields}
+        self._handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+        self._handle.flush()
+        for sink in self._sinks:
+            sink(record)
+        return record
+
+    def note(self, line: str, heading: str) -> None:
+        """Append `line` to `wip/notes.md`, under this run's heading on first use."""
+        notes = self.root / "wip" / "notes.md"
+        notes.parent.mkdir(parents=True, exist_ok=True)
+        with open(notes, "a", encoding="utf-8") as handle:
+            if not self._noted:
+                stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+                handle.write(f"\n## {stamp} · run {self.run_id} · {heading}\n\n")
+                self._noted = True
+            handle.write(line.rstrip() + "\n")
+
+    def close(self) -> None:
+        """Close the event file."""
+        self._handle.close()
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Return the events of an events.jsonl file, skipping a torn last line."""
+    events = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events

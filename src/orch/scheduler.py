@@ -1,0 +1,662 @@
+"""Run partitions: bounded parallelism, timeouts, retries, cancellation, events.
+
+One asyncio task per partition in scope. A task waits for the upstream
+partitions it reads, re-assesses itself from disk, then runs attempts in a
+staging directory under the partition lock; an attempt that passes the
+expect rules is promoted atomically, one that fails is archived under
+`wip/attempts/` and retried with exponential backoff and full jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orch.backends import AttemptResult, AttemptSpec, Usage
+from orch.errors import BlueprintError
+from orch.executors import Executor, LocalExecutor
+from orch.expect import META_DIR, check_outputs
+from orch.partitions import Partition
+from orch.plan import PartitionState, Planner, Status
+from orch.project import AgentConfig, Stage
+from orch.runlog import EventSink, RunLog, new_run_id
+from orch.state import (
+    AGENT_LOG,
+    PROMPT,
+    Manifest,
+    PartitionLock,
+    archive_attempt,
+    collect_outputs,
+    find_staging_dirs,
+    next_attempt,
+    output_fingerprint,
+    promote,
+    read_manifest,
+    staging_dir,
+    write_atomic,
+)
+from orch.workspace import ChildKey, Workspace
+
+#: Outcomes that leave the partition complete.
+DONE = frozenset({"complete", "up-to-date"})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run covers and how.
+
+    Attributes:
+        stages: Stages in scope, upstream first.
+        only: Partition ids to narrow to (in every stage in scope), or None.
+        max_parallel: Overrides each stage's `max_parallel` (stage run) or the
+            run-wide limit (orch run); None keeps the configuration.
+        agent: Agent name replacing every stage's agent, or None.
+        halt_on_pct: Stop starting partitions once this share (0–100) failed.
+        retry_failed: Run only partitions whose last attempt failed.
+        force: Run every partition in scope, complete or not.
+        wait_locks_s: Wait this long for a partition held by another run;
+            0 skips it and says so.
+    """
+
+    stages: tuple[str, ...]
+    only: frozenset[str] | None = None
+    max_parallel: int | None = None
+    agent: str | None = None
+    halt_on_pct: float | None = None
+    retry_failed: bool = False
+    force: bool = False
+    wait_locks_s: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """How one partition ended in a run.
+
+    `status` is one of: complete (promoted now), up-to-date (nothing to do),
+    failed, interrupted, blocked (an input failed), held (another orch process
+    holds it), halted (not started after --halt-on or a budget), skipped (not
+    selected, e.g. --retry-failed on a missing partition).
+    """
+
+    stage: str
+    partition: str
+    status: str
+    reason: str = ""
+    attempts: int = 0
+    duration_s: float = 0.0
+    usage: Usage | None = None
+    manifest: Manifest | None = None
+
+
+@dataclass
+class RunSummary:
+    """The result of a run: one Outcome per partition in scope, and flags."""
+
+    run_id: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    interrupted: bool = False
+    halted: str | None = None
+    events_path: Path | None = None
+    duration_s: float = 0.0
+
+    def count(self, status: str) -> int:
+        """Return how many partitions ended with `status`."""
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def ok(self) -> bool:
+        """True when every partition in scope is complete or up to date."""
+        return all(o.status in DONE for o in self.outcomes) and not self.interrupted
+
+    @property
+    def cost_usd(self) -> float:
+        """Total cost reported by agents in this run (USD)."""
+        return sum((o.usage.cost_usd or 0.0) for o in self.outcomes if o.usage)
+
+
+class Scheduler:
+    """Runs the partitions of one or more stages.
+
+    Args:
+        workspace: The loaded project.
+        options: Scope and behaviour of the run.
+        sinks: Receive every event (e.g. the progress display).
+        executor: Where attempts run; a LocalExecutor by default.
+        rng: Random source for backoff jitter (seedable in tests).
+    """
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        options: RunOptions,
+        sinks: list[EventSink] | None = None,
+        executor: Executor | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ws = workspace
+        self.options = options
+        self.planner = Planner(workspace, options.agent)
+        self.executor = executor or LocalExecutor()
+        self.rng = rng or random.Random()
+        self.run_id = new_run_id()
+        self.log = RunLog(workspace.root, self.run_id, sinks)
+        self._sinks = sinks or []
+        self._futures: dict[ChildKey, asyncio.Future[Outcome]] = {}
+        self._tasks: list[asyncio.Task[Outcome]] = []
+        self._stage_limits: dict[str, asyncio.Semaphore] = {}
+        self._global: asyncio.Semaphore | None = None
+        self._halted: str | None = None
+        self._stopping = False
+        self._failed = 0
+        self._scheduled = 0
+        self._cost_run = 0.0
+        self._cost_stage: dict[str, float] = {}
+
+    # -- public ---------------------------------------------------------------
+
+    def scope(self) -> list[Partition]:
+        """Return the partitions in scope, stage by stage in start order."""
+        only = self.options.only
+        return [
+            p
+            for name in self.options.stages
+            for p in self.ws.partitions.for_stage(name)
+            if only is None or p.id in only
+        ]
+
+    async def run(self) -> RunSummary:
+        """Run every partition in scope; never raises for a failed partition.
+
+        Writes `wip/runs/<run-id>/events.jsonl`; SIGINT/SIGTERM stop the run
+        (running agents are terminated and recorded as interrupted).
+        """
+        started = time.monotonic()
+        summary = RunSummary(self.run_id, events_path=self.log.path)
+        partitions = self.scope()
+        self._scheduled = len(partitions)
+        if self.ws.project.max_parallel or (len(self.options.stages) > 1 and self.options.max_parallel):
+            limit = (
+                self.options.max_parallel if len(self.options.stages) > 1 else None
+            ) or self.ws.project.max_parallel
+            self._global = asyncio.Semaphore(int(limit or 1))
+        self.log.emit(
+            "run_started", stages=list(self.options.stages), partitions=len(partitions), pid=os.getpid()
+        )
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        try:
+            for partition in partitions:
+                self._futures[(partition.stage, partition.id)] = loop.create_future()
+            for partition in partitions:
+                task = asyncio.create_task(self._partition_task(partition))
+                self._tasks.append(task)
+            outcomes = await asyncio.gather(*self._tasks)
+            summary.outcomes = list(outcomes)
+            for name in self.options.stages:
+                self._emit_stage_done(name, summary)
+        finally:
+            self._remove_signals(loop)
+            await self.executor.aclose()
+        summary.interrupted = self._stopping
+        summary.halted = self._halted
+        summary.duration_s = round(time.monotonic() - started, 3)
+        self.log.emit(
+            "run_finished",
+            ok=summary.ok,
+            interrupted=summary.interrupted,
+            halted=summary.halted,
+            duration_s=summary.duration_s,
+            counts={s: summary.count(s) for s in sorted({o.status for o in summary.outcomes})},
+        )
+        self.log.close()
+        return summary
+
+    def stop(self) -> None:
+        """Stop starting partitions and interrupt running attempts (Ctrl-C)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.log.emit("interrupt_requested")
+        for task in self._tasks:
+            task.cancel()
+
+    # -- signals ----------------------------------------------------------------
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.stop)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+    # -- one partition ------------------------------------------------------------
+
+    async def _partition_task(self, partition: Partition) -> Outcome:
+        key = (partition.stage, partition.id)
+        outcome = Outcome(partition.stage, partition.id, "interrupted", "interrupted before start")
+        try:
+            outcome = await self._partition(partition)
+        except asyncio.CancelledError:
+            outcome = Outcome(partition.stage, partition.id, "interrupted", "interrupted (Ctrl-C)")
+            self.log.emit("interrupted", stage=partition.stage, partition=partition.id)
+        except BlueprintError as err:
+            outcome = Outcome(partition.stage, partition.id, "failed", str(err))
+            self.log.emit(
+                "failed",
+                stage=partition.stage,
+                partition=partition.id,
+                error=str(err),
+                error_class="blueprint",
+            )
+        finally:
+            future = self._futures[key]
+            if not future.done():
+                future.set_result(outcome)
+        return outcome
+
+    async def _partition(self, partition: Partition) -> Outcome:
+        stage = self.ws.project.stage(partition.stage)
+        agent = self.planner.agent_for(stage)
+        manifests, blocked = await self._inputs(partition)
+        if blocked:
+            self.log.emit("blocked", stage=stage.name, partition=partition.id, reason=blocked)
+            return Outcome(stage.name, partition.id, "blocked", blocked)
+        state = self.planner.assess(partition, agent, manifests)
+        selected, why = self._select(state)
+        if not selected:
+            status = (
+                "up-to-date"
+                if state.is_complete
+                else ("held" if state.status is Status.RUNNING else "skipped")
+            )
+            self.log.emit("skipped", stage=stage.name, partition=partition.id, reason=why)
+            return Outcome(stage.name, partition.id, status, why, manifest=state.manifest)
+        lock = PartitionLock(self.ws.root, stage.name, partition.id)
+        if not lock.try_acquire(self.options.wait_locks_s):
+            reason = "held by another orch process; skipped (rerun once it finishes)"
+            self.log.emit("skipped", stage=stage.name, partition=partition.id, reason=reason)
+            return Outcome(stage.name, partition.id, "held", reason)
+        try:
+            self._clean_dead_staging(partition)
+            state = self.planner.assess(partition, agent, manifests)
+            if not self._select(state)[0]:
+                return Outcome(stage.name, partition.id, "up-to-date", "complete", manifest=state.manifest)
+            return await self._attempts(partition, stage, agent, state, manifests, why)
+        finally:
+            lock.release()
+
+    async def _inputs(self, partition: Partition) -> tuple[dict[ChildKey, Manifest | None], str]:
+        """Wait for children in this run; return their manifests, or why blocked."""
+        manifests: dict[ChildKey, Manifest | None] = {}
+        for key in partition.children:
+            future = self._futures.get(key)
+            if future is not None:
+                child = await asyncio.shield(future)
+                if child.status not in DONE:
+                    return manifests, f"blocked: input {key[0]}/{key[1]} {child.status}"
+                manifests[key] = child.manifest or read_manifest(
+                    self.ws.root / self.ws.partitions.get(*key).out_dir
+                )
+            else:
+                state = self.planner.state(*key)
+                if not state.is_complete:
+                    return manifests, f"blocked: input {key[0]}/{key[1]} is {state.status.value}"
+                manifests[key] = state.manifest
+        return manifests, ""
+
+    def _select(self, state: PartitionState) -> tuple[bool, str]:
+        if state.status is Status.RUNNING:
+            return False, "held by another orch process; skipped"
+        if self.options.force:
+            return True, f"forced ({state.reason})"
+        if self.options.retry_failed:
+            if state.status is Status.FAILED:
+                return True, state.reason
+            return False, f"not failed ({state.reason}); --retry-failed runs failed ones only"
+        if state.is_complete:
+            return False, "complete"
+        return True, state.reason
+
+    def _clean_dead_staging(self, partition: Partition) -> None:
+        """Archive staging directories left by a dead run (we hold the lock)."""
+        out_dir = self.ws.root / partition.out_dir
+        for number, path in find_staging_dirs(out_dir):
+            archive_attempt(
+                self.ws.root,
+                partition.stage,
+                partition.id,
+                path,
+                {
+                    "n": number,
+                    "outcome": "interrupted",
+                    "error_class": "interrupted",
+                    "error": f"staging directory left by a run that died (cleaned by run {self.run_id})",
+                },
+            )
+            self.log.emit("cleaned", stage=partition.stage, partition=partition.id, attempt=number)
+
+    async def _attempts(
+        self,
+        partition: Partition,
+        stage: Stage,
+        agent: AgentConfig,
+        state: PartitionState,
+        manifests: dict[ChildKey, Manifest | None],
+        why: str,
+    ) -> Outcome:
+        assert state.prompt is not None and state.fingerprint is not None
+        history: list[dict[str, Any]] = []
+        usage_total: Usage | None = None
+        out_dir = self.ws.root / partition.out_dir
+        for index in range(stage.retries + 1):
+            halt = self._halt_reason(stage)
+            if halt:
+                return Outcome(stage.name, partition.id, "halted", halt, len(history))
+            number = next_attempt(self.ws.root, stage.name, out_dir, state.manifest)
+            started = time.time()
+            async with self._slots(stage):
+                if self._halt_reason(stage):
+                    return Outcome(
+                        stage.name, partition.id, "halted", self._halt_reason(stage) or "", len(history)
+                    )
+                result, staging = await self._run_attempt(
+                    partition, stage, agent, state, number, why if index == 0 else "retry"
+                )
+            usage_total = (
+                result.usage
+                if usage_total is None
+                else (usage_total + result.usage if result.usage else usage_total)
+            )
+            self._add_cost(stage, result.usage)
+            record = {
+                "n": number,
+                "started_at": round(started, 3),
+                "ended_at": round(time.time(), 3),
+                "duration_s": round(time.time() - started, 3),
+                "outcome": "complete" if result.ok else "failed",
+                "error": result.error,
+                "error_class": result.error_class,
+                "exit_code": result.exit_code,
+                "usage": result.usage.to_json() if result.usage else {},
+            }
+            history.append(record)
+            if result.ok:
+                manifest = self._promote(
+                    partition, agent, state, number, history, staging, started, usage_total
+                )
+                self.log.emit(
+                    "promoted",
+                    stage=stage.name,
+                    partition=partition.id,
+                    attempt=number,
+                    duration_s=record["duration_s"],
+                    usage=record["usage"],
+                    out_dir=partition.out_dir,
+                )
+                return Outcome(
+                    stage.name,
+                    partition.id,
+                    "complete",
+                    why,
+                    len(history),
+                    round(time.time() - started, 3),
+                    usage_total,
+                    manifest,
+                )
+            archive = archive_attempt(self.ws.root, stage.name, partition.id, staging, record)
+            if not self._is_retryable(stage, result) or index == stage.retries:
+                return self._failed(partition, stage, history, archive, usage_total)
+            delay = self._backoff(stage, index + 1, result.retry_after_s)
+            self.log.emit(
+                "retried",
+                stage=stage.name,
+                partition=partition.id,
+                attempt=number,
+                error=result.error,
+                error_class=result.error_class,
+                backoff_s=round(delay, 3),
+            )
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_attempt(
+        self,
+        partition: Partition,
+        stage: Stage,
+        agent: AgentConfig,
+        state: PartitionState,
+        number: int,
+        why: str,
+    ) -> tuple[AttemptResult, Path]:
+        out_dir = self.ws.root / partition.out_dir
+        staging = staging_dir(out_dir, number)
+        (staging / META_DIR).mkdir(parents=True)
+        prompt_file = staging / META_DIR / PROMPT
+        write_atomic(prompt_file, state.prompt or "")
+        spec = AttemptSpec(
+            stage=stage.name,
+            partition=partition.id,
+            attempt=number,
+            prompt=state.prompt or "",
+            work_dir=staging,
+            out_dir=out_dir,
+            prompt_file=prompt_file,
+            log_path=staging / META_DIR / AGENT_LOG,
+            expect=stage.expect,
+            project_root=self.ws.root,
+            timeout_s=stage.timeout_s,
+        )
+        spec.log_path.touch()
+        self.log.emit(
+            "started",
+            stage=stage.name,
+            partition=partition.id,
+            attempt=number,
+            agent=agent.name,
+            reason=why,
+            limit=self.executor.limit_of(agent),
+        )
+        try:
+            if stage.timeout_s:
+                result = await asyncio.wait_for(self.executor.run(agent, spec), stage.timeout_s)
+            else:
+                result = await self.executor.run(agent, spec)
+        except TimeoutError:
+            result = AttemptResult(False, f"timeout after {_human_s(stage.timeout_s or 0)}", "timeout")
+        except asyncio.CancelledError:
+            archive_attempt(
+                self.ws.root,
+                stage.name,
+                partition.id,
+                staging,
+                {
+                    "n": number,
+                    "outcome": "interrupted",
+                    "error_class": "interrupted",
+                    "error": "interrupted (Ctrl-C or SIGTERM); the agent was terminated",
+                },
+            )
+            raise
+        except Exception as err:  # a backend bug must fail one partition, not the run
+            result = AttemptResult(False, f"agent backend error: {type(err).__name__}: {err}", "agent_error")
+        if result.ok:
+            findings = check_outputs(staging, stage.expect, self.ws.schemas)
+            if findings:
+                shown = "; ".join(str(f) for f in findings[:3])
+                more = f" (+{len(findings) - 3} more)" if len(findings) > 3 else ""
+                result = AttemptResult(
+                    False, f"output checks failed: {shown}{more}", "checks", result.exit_code, result.usage
+                )
+        return result, staging
+
+    def _promote(
+        self,
+        partition: Partition,
+        agent: AgentConfig,
+        state: PartitionState,
+        number: int,
+        history: list[dict[str, Any]],
+        staging: Path,
+        started: float,
+        usage: Usage | None,
+    ) -> Manifest:
+        assert state.fingerprint is not None
+        outputs = collect_outputs(staging)
+        fp = state.fingerprint
+        manifest = Manifest(
+            stage=partition.stage,
+            partition=partition.id,
+            fingerprint=fp.value,
+            parts=fp.parts(),
+            output_fingerprint=output_fingerprint(fp.value, outputs),
+            attempt=number,
+            attempts=history,
+            agent={"name": agent.name, "backend": agent.backend},
+            outputs=outputs,
+            usage=usage.to_json() if usage else {},
+            run_id=self.run_id,
+            started_at=round(started, 3),
+            finished_at=round(time.time(), 3),
+        )
+        promote(self.ws.root, staging, self.ws.root / partition.out_dir, manifest)
+        return manifest
+
+    def _failed(
+        self,
+        partition: Partition,
+        stage: Stage,
+        history: list[dict[str, Any]],
+        archive: Path,
+        usage: Usage | None,
+    ) -> Outcome:
+        last = history[-1]
+        self._failed += 1
+        reason = f"failed in attempt {last['n']}: {last['error']}"
+        log = archive.relative_to(self.ws.root) / META_DIR / AGENT_LOG
+        self.log.emit(
+            "failed",
+            stage=stage.name,
+            partition=partition.id,
+            attempt=last["n"],
+            error=last["error"],
+            error_class=last["error_class"],
+            attempts=len(history),
+            archive=str(archive.relative_to(self.ws.root)),
+        )
+        self.log.note(
+            f"- **{stage.name} / {partition.id}** failed after {len(history)} attempt(s); "
+            f"last: {last['error']} (attempt {last['n']}). Log: `{log}`",
+            "failures",
+        )
+        self._check_halt()
+        return Outcome(
+            stage.name,
+            partition.id,
+            "failed",
+            reason,
+            len(history),
+            sum(h["duration_s"] for h in history),
+            usage,
+        )
+
+    # -- limits, retries, budgets ---------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _slots(self, stage: Stage) -> Any:
+        limit = self._stage_limit(stage)
+        if self._global is not None:
+            async with self._global, limit:
+                yield
+        else:
+            async with limit:
+                yield
+
+    def _stage_limit(self, stage: Stage) -> asyncio.Semaphore:
+        if stage.name not in self._stage_limits:
+            single = len(self.options.stages) == 1
+            size = (
+                (self.options.max_parallel if single else None) or stage.max_parallel or _default_parallel()
+            )
+            self._stage_limits[stage.name] = asyncio.Semaphore(int(size))
+        return self._stage_limits[stage.name]
+
+    def _is_retryable(self, stage: Stage, result: AttemptResult) -> bool:
+        if self._stopping:
+            return False
+        if stage.retry_on is None:
+            return True
+        if result.error_class == "exit":
+            return result.exit_code in stage.retry_on
+        return result.error_class in stage.retry_on
+
+    def _backoff(self, stage: Stage, retry: int, retry_after_s: float | None) -> float:
+        """Full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter", 2015):
+        uniform(0, min(cap, base * 2**(retry-1))), at least any Retry-After."""
+        ceiling = min(stage.backoff_cap_s, stage.backoff_base_s * 2 ** (retry - 1))
+        delay = self.rng.uniform(0, ceiling)
+        return max(delay, retry_after_s or 0.0)
+
+    def _check_halt(self) -> None:
+        pct = self.options.halt_on_pct
+        if (
+            pct is not None
+            and self._scheduled
+            and not self._halted
+            and self._failed * 100 / self._scheduled >= pct
+        ):
+            self._halted = (
+                f"halted: {self._failed} of {self._scheduled} partitions failed (--halt-on {pct:g}%)"
+            )
+            self.log.emit("halted", reason=self._halted)
+
+    def _add_cost(self, stage: Stage, usage: Usage | None) -> None:
+        if not usage or not usage.cost_usd:
+            return
+        self._cost_run += usage.cost_usd
+        self._cost_stage[stage.name] = self._cost_stage.get(stage.name, 0.0) + usage.cost_usd
+
+    def _halt_reason(self, stage: Stage) -> str | None:
+        if self._halted:
+            return self._halted
+        budget = self.ws.project.max_cost_usd
+        if budget is not None and self._cost_run >= budget:
+            self._halted = f"halted: run budget max_cost_usd {budget:g} reached (spent {self._cost_run:.4f})"
+            self.log.emit("halted", reason=self._halted)
+            return self._halted
+        spent = self._cost_stage.get(stage.name, 0.0)
+        if stage.max_cost_usd is not None and spent >= stage.max_cost_usd:
+            return f"halted: stage budget max_cost_usd {stage.max_cost_usd:g} reached (spent {spent:.4f})"
+        return None
+
+    def _emit_stage_done(self, name: str, summary: RunSummary) -> None:
+        outcomes = [o for o in summary.outcomes if o.stage == name]
+        counts: dict[str, int] = {}
+        for outcome in outcomes:
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        self.log.emit("stage_finished", stage=name, counts=counts)
+
+
+def _default_parallel() -> int:
+    return 8
+
+
+def _human_s(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes // 60}h{minutes % 60}m" if minutes >= 60 else f"{minutes}m"
+    return f"{seconds:g}s"
+
+
+def run_sync(scheduler: Scheduler) -> RunSummary:
+    """Run `scheduler` on a fresh event loop and return its summary."""
+    return asyncio.run(scheduler.run())

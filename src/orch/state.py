@@ -1,0 +1,336 @@
+"""What lands on disk: manifests, staging directories, atomic promotion, locks.
+
+    data/.../<partition>/.orch/manifest.json   a promoted, complete partition
+    data/.../.<partition>.attempt-<n>/         an attempt's staging directory
+    wip/attempts/<stage>/<partition>/<n>/      failed, interrupted or replaced attempts
+    wip/locks/<stage>/<partition>.lock         held while an orch process works on it
+
+A partition directory exists only by an atomic rename of a staging directory
+that already holds its manifest, so a kill -9 at any moment leaves complete
+partitions and staging directories, never a half-promoted partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from orch.expect import META_DIR
+
+MANIFEST_VERSION = 1
+MANIFEST = "manifest.json"
+PROMPT = "prompt.md"
+AGENT_LOG = "agent.log"
+ERROR = "error.json"
+_STAGING = re.compile(r"^\.(?P<pid>.+)\.attempt-(?P<n>\d+)$")
+#: filelock's default poll (50 ms) gave 50–300 ms waits under contention (STYLE.md).
+LOCK_POLL_S = 0.001
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One promoted output file: path relative to the partition, size, mtime, hash."""
+
+    path: str
+    bytes: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`.orch/manifest.json` of a complete partition.
+
+    Attributes:
+        stage: Stage name.
+        partition: Partition id.
+        fingerprint: `sha256:` hash of prompt, agent settings, expect rules and
+            children's output fingerprints (see `orch.fingerprints`).
+        parts: Hashes of each fingerprint input, plus the row and blueprint
+            hashes that explain staleness.
+        output_fingerprint: Hash of `fingerprint` and every output file's
+            hash; what a fan-in parent records for this child.
+        attempt: The attempt number that succeeded.
+        attempts: Every attempt of the run that promoted it, oldest first:
+            `{n, started_at, ended_at, duration_s, outcome, error, error_class}`.
+        agent: `{name, backend}` of the agent that produced it.
+        outputs: Every output file outside `.orch/`.
+        usage: `{input_tokens, output_tokens, cost_usd, num_turns}` when known.
+        run_id: The run that promoted it.
+        started_at: Unix time the successful attempt started (seconds).
+        finished_at: Unix time it was promoted (seconds).
+    """
+
+    stage: str
+    partition: str
+    fingerprint: str
+    parts: dict[str, Any]
+    output_fingerprint: str
+    attempt: int
+    attempts: list[dict[str, Any]]
+    agent: dict[str, str]
+    outputs: list[OutputFile]
+    usage: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    status: str = "complete"
+    version: int = MANIFEST_VERSION
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the successful attempt's start to promotion."""
+        return round(self.finished_at - self.started_at, 3)
+
+    def known_outputs(self) -> dict[str, tuple[int, int]]:
+        """Return `path -> (bytes, mtime_ns)` for cheap re-checks."""
+        return {o.path: (o.bytes, o.mtime_ns) for o in self.outputs}
+
+    def to_json(self) -> str:
+        """Serialize with sorted keys (same manifest, same bytes)."""
+        data = asdict(self)
+        data["duration_s"] = self.duration_s
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def read_manifest(directory: Path) -> Manifest | None:
+    """Return the manifest of `directory`, or None if absent or invalid.
+
+    Invalid means unreadable, not JSON, a different version, or not
+    `status: complete`: such a directory is never taken for complete.
+    """
+    try:
+        data = json.loads((directory / META_DIR / MANIFEST).read_bytes())
+        if data.get("version") != MANIFEST_VERSION or data.get("status") != "complete":
+            return None
+        data.pop("duration_s", None)
+        data["outputs"] = [OutputFile(**o) for o in data["outputs"]]
+        return Manifest(**data)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same directory, fsync, os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def staging_dir(out_dir: Path, attempt: int) -> Path:
+    """Return `parent/.<name>.attempt-<n>` beside the final directory `out_dir`."""
+    return out_dir.parent / f".{out_dir.name}.attempt-{attempt}"
+
+
+def attempts_dir(root: Path, stage: str, partition: str) -> Path:
+    """Return `wip/attempts/<stage>/<partition>/`."""
+    return root / "wip" / "attempts" / stage / partition
+
+
+def find_staging_dirs(out_dir: Path) -> list[tuple[int, Path]]:
+    """Return `(n, path)` of staging directories of `out_dir`'s partition, by n."""
+    found = []
+    prefix = f".{out_dir.name}.attempt-"
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(out_dir.parent):
+            if entry.name.startswith(prefix) and entry.name[len(prefix) :].isdigit():
+                found.append((int(entry.name[len(prefix) :]), Path(entry.path)))
+    return sorted(found)
+
+
+def list_attempts(root: Path, stage: str, partition: str) -> list[tuple[int, Path]]:
+    """Return `(n, path)` of archived attempts of a partition, oldest first."""
+    base = attempts_dir(root, stage, partition)
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return []
+    return sorted((int(n), base / n) for n in names if n.isdigit())
+
+
+def read_error(attempt_dir: Path) -> dict[str, Any] | None:
+    """Return an archived attempt's `.orch/error.json`, or None (e.g. a replaced success)."""
+    try:
+        data = json.loads((attempt_dir / META_DIR / ERROR).read_bytes())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def next_attempt(root: Path, stage: str, out_dir: Path, manifest: Manifest | None) -> int:
+    """Return the next attempt number: one past every attempt seen on disk."""
+    seen = [manifest.attempt] if manifest else []
+    seen += [n for n, _ in list_attempts(root, stage, out_dir.name)]
+    seen += [n for n, _ in find_staging_dirs(out_dir)]
+    return max(seen, default=0) + 1
+
+
+def hash_file(path: Path) -> str:
+    """Return the hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def collect_outputs(directory: Path) -> list[OutputFile]:
+    """Return every regular file under `directory` outside `.orch/`, sorted by path."""
+    outputs = []
+    for base, dirs, files in os.walk(directory):
+        if base == str(directory):
+            dirs[:] = [d for d in dirs if d != META_DIR]
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(base) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            st = path.stat()
+            rel = str(path.relative_to(directory))
+            outputs.append(OutputFile(rel, st.st_size, st.st_mtime_ns, hash_file(path)))
+    return outputs
+
+
+def output_fingerprint(fingerprint: str, outputs: list[OutputFile]) -> str:
+    """Hash a partition's fingerprint with its outputs' hashes."""
+    digest = hashlib.sha256(fingerprint.encode())
+    for output in outputs:
+        digest.update(f"\0{output.path}\0{output.sha256}".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def _fsync_tree(directory: Path) -> None:
+    for base, _dirs, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(base, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(base))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def move(source: Path, dest: Path) -> None:
+    """Rename `source` to `dest` (creating parents), copying across filesystems."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(source, dest)
+    except OSError as err:
+        if err.errno != 18:  # EXDEV: wip/ on another filesystem than data/
+            raise
+        shutil.move(str(source), str(dest))
+
+
+def promote(root: Path, staging: Path, out_dir: Path, manifest: Manifest) -> None:
+    """Make `staging` the partition directory `out_dir`, atomically.
+
+    Writes the manifest into the staging directory, fsyncs every file and the
+    directory, moves any previous `out_dir` to `wip/attempts/<stage>/<id>/<n>/`
+    (kept, never deleted), then renames `staging` to `out_dir` and fsyncs the
+    parent. A crash between the two renames leaves the partition missing, its
+    old outputs archived and the new ones in the staging directory.
+    """
+    write_atomic(staging / META_DIR / MANIFEST, manifest.to_json())
+    _fsync_tree(staging)
+    if out_dir.exists() or out_dir.is_symlink():
+        old = read_manifest(out_dir)
+        number = old.attempt if old else next_attempt(root, manifest.stage, out_dir, None)
+        dest = attempts_dir(root, manifest.stage, manifest.partition) / str(number)
+        if dest.exists():
+            dest = dest.with_name(f"{number}-replaced-{int(time.time())}")
+        move(out_dir, dest)
+    os.rename(staging, out_dir)
+    _fsync_dir(out_dir.parent)
+
+
+def archive_attempt(root: Path, stage: str, partition: str, staging: Path, error: dict[str, Any]) -> Path:
+    """Move a failed or interrupted staging directory to `wip/attempts/`.
+
+    Writes `.orch/error.json` (`error`: the attempt record) first, so the
+    archive says why. Returns the archive path `wip/attempts/<stage>/<id>/<n>/`.
+    """
+    write_atomic(staging / META_DIR / ERROR, json.dumps(error, indent=2, sort_keys=True) + "\n")
+    match = _STAGING.match(staging.name)
+    number = match.group("n") if match else str(error.get("n", 0))
+    dest = attempts_dir(root, stage, partition) / number
+    if dest.exists():
+        dest = dest.with_name(f"{number}-{int(time.time() * 1000)}")
+    move(staging, dest)
+    return dest
+
+
+def lock_path(root: Path, stage: str, partition: str) -> Path:
+    """Return `wip/locks/<stage>/<partition>.lock`."""
+    return root / "wip" / "locks" / stage / f"{partition}.lock"
+
+
+class PartitionLock:
+    """An exclusive, per-partition OS lock (flock via filelock).
+
+    The kernel drops it when the holder dies, even by kill -9, so a dead
+    run never blocks the next one and no `--unlock` step exists.
+    """
+
+    def __init__(self, root: Path, stage: str, partition: str) -> None:
+        path = lock_path(root, stage, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = filelock.FileLock(str(path), is_singleton=False, preserve_lock_file=True)
+
+    def try_acquire(self, timeout_s: float = 0.0) -> bool:
+        """Acquire within `timeout_s` seconds (0: don't wait); False if held elsewhere."""
+        try:
+            self._lock.acquire(timeout=timeout_s, poll_interval=LOCK_POLL_S)
+        except filelock.Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        """Release the lock if held."""
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+
+def is_locked(root: Path, stage: str, partition: str) -> bool:
+    """Return True if a live process holds the partition's lock."""
+    if not lock_path(root, stage, partition).exists():
+        return False
+    lock = PartitionLock(root, stage, partition)
+    if lock.try_acquire():
+        lock.release()
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def held(lock: PartitionLock) -> Iterator[None]:
+    """Release `lock` on exit (it must already be acquired)."""
+    try:
+        yield
+    finally:
+        lock.release()

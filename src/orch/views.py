@@ -1,0 +1,227 @@
+"""Turn plans, statuses, reports and run summaries into tables and JSON data.
+
+Pure presentation: functions return rows and dicts; `print_table` writes a
+rich table to the console it is given (stdout, from the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from orch.plan import PartitionState, Planner, Status
+from orch.scheduler import RunSummary
+from orch.state import list_attempts, read_error
+from orch.workspace import Workspace
+
+STATUS_ORDER = [s.value for s in Status]
+
+
+def print_table(
+    console: Console, title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Print a table: a rich table on a terminal, aligned plain columns otherwise
+    (no colour, no trailing blanks: easy to grep, cut and diff)."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    if console.is_terminal:
+        table = Table(title=title, title_justify="left", highlight=False)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in cells:
+            table.add_row(*row)
+        console.print(table, markup=False)
+        return
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = [title] if title else []
+    for row in [list(columns), *cells]:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    console.file.write("\n".join(lines) + "\n")
+
+
+def print_json(console: Console, data: Any) -> None:
+    """Print `data` as indented JSON with sorted keys."""
+    console.file.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+
+
+def plan_action(state: PartitionState) -> str:
+    """Return what `orch stage run` would do: run, skip, wait or held."""
+    if state.status is Status.COMPLETE:
+        return "skip"
+    if state.status is Status.RUNNING:
+        return "held"
+    if state.waiting_on:
+        return "wait"
+    return "run"
+
+
+def plan_rows(states: Sequence[PartitionState]) -> list[list[str]]:
+    """Rows of `orch plan STAGE`: partition, status, action, why, output."""
+    return [[s.partition.id, s.status.value, plan_action(s), s.reason, s.partition.out_dir] for s in states]
+
+
+def plan_json(stage: str, states: Sequence[PartitionState]) -> dict[str, Any]:
+    """JSON of a stage's plan."""
+    return {
+        "stage": stage,
+        "partitions": [
+            {
+                "id": s.partition.id,
+                "status": s.status.value,
+                "action": plan_action(s),
+                "reason": s.reason,
+                "out_dir": s.partition.out_dir,
+                "source": s.partition.source,
+                "fingerprint": s.fingerprint.value if s.fingerprint else None,
+            }
+            for s in states
+        ],
+        "counts": counts(states),
+    }
+
+
+def counts(states: Iterable[PartitionState]) -> dict[str, int]:
+    """Return `status -> count` with every status present (zeros included)."""
+    result = dict.fromkeys(STATUS_ORDER, 0)
+    for state in states:
+        result[state.status.value] += 1
+    return result
+
+
+def status_overview(planner: Planner) -> list[dict[str, Any]]:
+    """Per stage: name, partitions, and counts by status (upstream first)."""
+    overview = []
+    for name in planner.ws.project.stages:
+        states = planner.stage_states(name)
+        overview.append({"stage": name, "partitions": len(states), "counts": counts(states)})
+    return overview
+
+
+def status_rows(ws: Workspace, states: Sequence[PartitionState]) -> list[dict[str, Any]]:
+    """Per partition: status, attempts, duration, tokens, cost, last error."""
+    rows = []
+    for s in states:
+        manifest = s.manifest
+        usage = manifest.usage if manifest else {}
+        tokens = None
+        if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
+            tokens = (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0)
+        error = s.last_error or _last_error(ws, s)
+        rows.append(
+            {
+                "id": s.partition.id,
+                "status": s.status.value,
+                "attempts": _attempt_count(ws, s),
+                "duration_s": manifest.duration_s if manifest else None,
+                "tokens": tokens,
+                "cost_usd": usage.get("cost_usd"),
+                "last_error": (error or {}).get("error"),
+                "reason": s.reason,
+            }
+        )
+    return rows
+
+
+def _attempt_count(ws: Workspace, state: PartitionState) -> int:
+    archived = list_attempts(ws.root, state.partition.stage, state.partition.id)
+    numbers = [n for n, _ in archived]
+    if state.manifest:
+        numbers.append(state.manifest.attempt)
+    return len(set(numbers))
+
+
+def _last_error(ws: Workspace, state: PartitionState) -> dict[str, Any] | None:
+    for _, path in reversed(list_attempts(ws.root, state.partition.stage, state.partition.id)):
+        error = read_error(path)
+        if error:
+            return error
+    return None
+
+
+SUMMARY_COLUMNS = [
+    "stage",
+    "partitions",
+    "completed now",
+    "up to date",
+    "failed",
+    "blocked",
+    "other",
+    "tokens",
+    "cost",
+]
+DETAIL_COLUMNS = ["stage", "partition", "status", "attempts", "why"]
+
+
+def summary_rows(summary: RunSummary) -> list[list[str]]:
+    """Rows of the end-of-run table: one per stage, counts by outcome."""
+    rows = []
+    for stage in dict.fromkeys(o.stage for o in summary.outcomes):
+        outcomes = [o for o in summary.outcomes if o.stage == stage]
+        by = {
+            s: sum(1 for o in outcomes if o.status == s)
+            for s in ("complete", "up-to-date", "failed", "blocked")
+        }
+        other = len(outcomes) - sum(by.values())
+        usages = [o.usage for o in outcomes if o.usage]
+        tokens = sum((u.input_tokens or 0) + (u.output_tokens or 0) for u in usages)
+        cost = sum(u.cost_usd or 0.0 for u in usages)
+        rows.append(
+            [
+                stage,
+                str(len(outcomes)),
+                str(by["complete"]),
+                str(by["up-to-date"]),
+                str(by["failed"]),
+                str(by["blocked"]),
+                str(other),
+                str(tokens) if tokens else "",
+                f"{cost:.4f}" if cost else "",
+            ]
+        )
+    return rows
+
+
+def detail_rows(summary: RunSummary) -> list[list[str]]:
+    """Rows for partitions that did not end complete: what happened and why."""
+    return [
+        [o.stage, o.partition, o.status, str(o.attempts), o.reason]
+        for o in summary.outcomes
+        if o.status not in ("complete", "up-to-date")
+    ]
+
+
+def summary_json(summary: RunSummary) -> dict[str, Any]:
+    """JSON of a run summary."""
+    return {
+        "run_id": summary.run_id,
+        "ok": summary.ok,
+        "interrupted": summary.interrupted,
+        "halted": summary.halted,
+        "duration_s": summary.duration_s,
+        "cost_usd": summary.cost_usd,
+        "events": str(summary.events_path) if summary.events_path else None,
+        "counts": summary_counts(summary),
+        "partitions": [
+            {
+                "stage": o.stage,
+                "id": o.partition,
+                "status": o.status,
+                "reason": o.reason,
+                "attempts": o.attempts,
+                "duration_s": o.duration_s,
+                "usage": o.usage.to_json() if o.usage else {},
+            }
+            for o in summary.outcomes
+        ],
+    }
+
+
+def summary_counts(summary: RunSummary) -> dict[str, int]:
+    """Return `outcome status -> count` for the outcomes present."""
+    result: dict[str, int] = {}
+    for o in summary.outcomes:
+        result[o.status] = result.get(o.status, 0) + 1
+    return dict(sorted(result.items()))

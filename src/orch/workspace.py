@@ -1,0 +1,217 @@
+"""One loaded project with its caches: partitions, blueprints, schemas, prompts.
+
+Renders a partition's prompt (params, plus `INPUTS` for stages that read
+upstream outputs) and computes its fingerprint (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orch.backends import fingerprint_settings
+from orch.blueprints import Blueprint, load_blueprint, render_blueprint
+from orch.errors import BlueprintError
+from orch.expect import SchemaStore
+from orch.partitions import Partition, PartitionIndex
+from orch.project import AgentConfig, Project, Stage
+from orch.state import Manifest
+
+ChildKey = tuple[str, str]
+
+
+def digest(value: Any) -> str:
+    """Return `sha256:` of a string, or of canonical JSON for any other value."""
+    if not isinstance(value, str):
+        value = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A partition's fingerprint and the hashes it was made of.
+
+    `value` covers prompt, agent, expect and inputs. `row`, `vars` and
+    `blueprint` are kept only to explain a changed prompt.
+    """
+
+    value: str
+    prompt: str
+    agent: str
+    expect: str
+    inputs: Mapping[str, str]
+    row: str
+    vars: str
+    blueprint: str
+
+    def parts(self) -> dict[str, Any]:
+        """Return the parts as stored in the manifest."""
+        data = asdict(self)
+        data.pop("value")
+        data["inputs"] = dict(self.inputs)
+        return data
+
+
+class InputView:
+    """One upstream partition as a blueprint sees it in `INPUTS`.
+
+    Attributes:
+        id: Partition id.
+        stage: Its stage.
+        params: Its params (row fields over vars).
+        out_dir: Its directory relative to the project root.
+        files: Its output files (from its manifest), relative to `out_dir`.
+    """
+
+    def __init__(
+        self, root: Path, partition: Partition, manifest: Manifest | None, preview: bool = False
+    ) -> None:
+        self._root = root
+        self._preview = preview
+        self.id = partition.id
+        self.stage = partition.stage
+        self.params = dict(partition.params)
+        self.out_dir = partition.out_dir
+        self.files = [o.path for o in manifest.outputs] if manifest else []
+
+    def read(self, name: str) -> str:
+        """Return the text of output file `name` (to inline it in a prompt).
+
+        In preview mode (inputs not complete yet) returns a labelled placeholder.
+
+        Raises:
+            BlueprintError: the file does not exist or is not UTF-8 text.
+        """
+        if self._preview:
+            return f"[contents of {name} from {self.stage}/{self.id}: not written yet]"
+        path = self._root / self.out_dir / name
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise BlueprintError(
+                f"INPUTS: cannot read {name!r} of partition {self.id} (stage {self.stage}): "
+                f"{getattr(err, 'strerror', None) or err}",
+                f"its files are: {', '.join(self.files) or '(none: it is not complete)'}",
+            ) from err
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"InputView({self.stage}/{self.id})"
+
+
+class Workspace:
+    """A project plus the caches every command shares."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.root = project.root
+        self.partitions = PartitionIndex(project)
+        self.schemas = SchemaStore(project.root)
+        self._blueprints: dict[str, Blueprint] = {}
+        self._hashes: dict[Any, str] = {}
+
+    def blueprint(self, stage: Stage) -> Blueprint:
+        """Return the stage's parsed blueprint (read once per workspace)."""
+        if stage.blueprint not in self._blueprints:
+            self._blueprints[stage.blueprint] = load_blueprint(self.root, stage.blueprint)
+        return self._blueprints[stage.blueprint]
+
+    def child_partitions(self, partition: Partition) -> list[Partition]:
+        """Return the upstream partitions `partition` reads, in order."""
+        return [self.partitions.get(stage, pid) for stage, pid in partition.children]
+
+    def values(
+        self,
+        partition: Partition,
+        manifests: Mapping[ChildKey, Manifest | None],
+        preview: bool = False,
+    ) -> dict[str, Any]:
+        """Return the render values: params, plus INPUTS when it reads upstream.
+
+        Args:
+            manifests: `(stage, id) -> Manifest` of the children (None if absent).
+            preview: Children missing from `manifests` read as placeholders.
+        """
+        values = dict(partition.params)
+        if partition.children:
+            views = []
+            for child in self.child_partitions(partition):
+                manifest = manifests.get((child.stage, child.id))
+                views.append(InputView(self.root, child, manifest, preview and manifest is None))
+            values["INPUTS"] = views
+        return values
+
+    def render(
+        self,
+        partition: Partition,
+        manifests: Mapping[ChildKey, Manifest | None] | None = None,
+        preview: bool = False,
+    ) -> str:
+        """Return exactly the prompt the agent of `partition` receives.
+
+        Args:
+            partition: The partition.
+            manifests: Its children's manifests when complete.
+            preview: Show inputs that are not complete as labelled placeholders
+                instead of failing (for `blueprint render` / `check`).
+
+        Raises:
+            BlueprintError: a placeholder without value, or an unreadable input.
+        """
+        stage = self.project.stage(partition.stage)
+        return render_blueprint(
+            self.blueprint(stage),
+            self.values(partition, manifests or {}, preview),
+            f"stage {partition.stage}, partition {partition.id}",
+        )
+
+    def fingerprint(
+        self,
+        partition: Partition,
+        prompt: str,
+        agent: AgentConfig,
+        manifests: Mapping[ChildKey, Manifest | None],
+    ) -> Fingerprint:
+        """Return the fingerprint of `partition` rendered as `prompt` for `agent`.
+
+        Inputs are the children's output fingerprints ("" for an absent child).
+        """
+        stage = self.project.stage(partition.stage)
+        inputs = {}
+        for child_stage, child_id in partition.children:
+            manifest = manifests.get((child_stage, child_id))
+            inputs[f"{child_stage}/{child_id}"] = manifest.output_fingerprint if manifest else ""
+        prompt_hash = digest(prompt)
+        agent_hash = self._cached(("agent", agent.name), lambda: digest(fingerprint_settings(agent)))
+        expect_hash = self._cached(("expect", stage.name), lambda: self._expect_digest(stage))
+        value = digest({"prompt": prompt_hash, "agent": agent_hash, "expect": expect_hash, "inputs": inputs})
+        return Fingerprint(
+            value=value,
+            prompt=prompt_hash,
+            agent=agent_hash,
+            expect=expect_hash,
+            inputs=inputs,
+            row=digest(dict(partition.row)),
+            vars=self._cached(("vars", stage.name), lambda: digest({**self.project.vars, **stage.vars})),
+            blueprint=self._cached(
+                ("blueprint", stage.name), lambda: digest(self.blueprint(stage).digest_source)
+            ),
+        )
+
+    def _expect_digest(self, stage: Stage) -> str:
+        rules = [asdict(rule) for rule in stage.expect]
+        schemas = {
+            rule.schema: digest(self.schemas.schema(rule.schema)) for rule in stage.expect if rule.schema
+        }
+        return digest({"rules": rules, "schemas": schemas})
+
+    def _cached(self, key: Any, compute: Any) -> str:
+        if key not in self._hashes:
+            self._hashes[key] = compute()
+        return self._hashes[key]
