@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""A fake headless agent CLI whose behaviour is scripted per partition and attempt.
+
+orch starts it like any agent CLI: cwd = the staging directory, prompt on stdin,
+ORCH_* in the environment. The script is JSON at $FAKE_AGENT_SCRIPT:
+
+    {"default": {"action": "succeed"},
+     "1.3_x": [{"action": "fail", "exit": 1}, {"action": "succeed"}]}
+
+A list gives one behaviour per attempt of this run's invocations (the last one
+repeats); a mapping applies to every attempt. Actions:
+
+    succeed          write the files (default: out.md with '## Result') and exit 0
+    fail             print `message` to stderr and exit `exit` (default 1)
+    hang             start a grandchild, write both pids to `pids.txt`, sleep forever
+    partial          write only the first file, truncated, then exit 0
+    crash            write half of the first file, then SIGKILL itself
+    sleep            sleep `seconds`, then succeed
+
+Every invocation appends a JSON line {partition, stage, attempt, pid, ts, action}
+to $FAKE_AGENT_LOG, so tests can count invocations per partition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_FILES = {"out.md": "## Result\n\nFake agent output for {partition}.\n"}
+
+
+def behaviour(script: dict, partition: str, log_path: str | None) -> dict:
+    plan = script.get(partition, script.get("default", {"action": "succeed"}))
+    if isinstance(plan, dict):
+        return plan
+    previous = 0
+    if log_path and os.path.exists(log_path):
+        with open(log_path, encoding="utf-8") as handle:
+            previous = sum(1 for line in handle if json.loads(line)["partition"] == partition)
+    return plan[min(previous, len(plan) - 1)]
+
+
+def main() -> int:
+    partition = os.environ.get("ORCH_PARTITION", "?")
+    script_path = os.environ.get("FAKE_AGENT_SCRIPT")
+    script = json.loads(Path(script_path).read_text()) if script_path else {}
+    log_path = os.environ.get("FAKE_AGENT_LOG")
+    step = behaviour(script, partition, log_path)
+    action = step.get("action", "succeed")
+    prompt = sys.stdin.read()
+    if log_path:
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write(
+                json.dumps(
+                    {
+                        "partition": partition,
+                        "stage": os.environ.get("ORCH_STAGE"),
+                        "attempt": os.environ.get("ORCH_ATTEMPT"),
+                        "pid": os.getpid(),
+                        "ts": time.time(),
+                        "action": action,
+                        "prompt_bytes": len(prompt),
+                    }
+                )
+                + "\n"
+            )
+    files = step.get("files", DEFAULT_FILES)
+    print(f"fake agent: {action} for {partition}", flush=True)
+    if action == "fail":
+        print(step.get("message", "fake failure"), file=sys.stderr, flush=True)
+        return int(step.get("exit", 1))
+    if action == "hang":
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        Path("pids.txt").write_text(f"{os.getpid()} {child.pid}\n")
+        time.sleep(3600)
+        return 0
+    if action == "sleep":
+        time.sleep(float(step.get("seconds", 1)))
+    name, text = next(iter(files.items()))
+    if action == "partial":
+        Path(name).write_text(text.format(partition=partition)[:5])
+        return 0
+    if action == "crash":
+        with open(name, "w") as handle:
+            handle.write(text.format(partition=partition)[: len(text) // 2])
+            handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    for name, text in files.items():
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text(text.format(partition=partition))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
