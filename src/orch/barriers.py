@@ -6,6 +6,7 @@ trusting manifests, and reports what is missing where.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from orch.plan import Planner, Status
@@ -57,7 +58,11 @@ class BarrierReport:
 
 
 def check_barrier(
-    workspace: Workspace, stage: str, agent: str | None = None, planner: Planner | None = None
+    workspace: Workspace,
+    stage: str,
+    agent: str | None = None,
+    planner: Planner | None = None,
+    only: Collection[str] | None = None,
 ) -> BarrierReport:
     """Check every partition of `stage` on disk now.
 
@@ -66,6 +71,7 @@ def check_barrier(
         stage: Stage name.
         agent: Agent override used for fingerprints (as in the run).
         planner: A deep planner to reuse; a new one is made if None.
+        only: Check only these partition ids (a run narrowed with --only).
 
     Raises:
         ConfigError: unknown stage or invalid configuration.
@@ -74,6 +80,8 @@ def check_barrier(
     entries: list[BarrierEntry] = []
     complete = 0
     states = planner.stage_states(stage)
+    if only:
+        states = [s for s in states if s.partition.id in only]
     for state in states:
         if state.is_complete:
             complete += 1

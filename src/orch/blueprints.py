@@ -102,7 +102,9 @@ def parse_blueprint(text: str, label: str) -> Blueprint:
             f"{label}:{line}: blueprint syntax error: {err.message}",
             "fix the Jinja2 tag at that line; write \\<NAME> for a literal <NAME>",
         ) from err
-    template = env.template_class.from_code(env, code, env.make_globals(None), None)
+    # A plain dict, not jinja's ChainMap: every render copies the globals, and
+    # copying a ChainMap costs ~17 µs a partition (measured at 10k partitions).
+    template = env.template_class.from_code(env, code, dict(env.make_globals(None)), None)
     used = frozenset(jinja2.meta.find_undeclared_variables(tree))
     return Blueprint(
         path=label,

@@ -297,7 +297,8 @@ def run_stages(
     finally:
         if reporter is not None and hasattr(reporter, "close"):
             reporter.close()
-    barriers = [check_barrier(ws, name, agent) for name in names] if not summary.interrupted else []
+    barriers = [] if summary.interrupted else [
+        check_barrier(ws, name, agent, only=only) for name in names]
     return RunResult(summary=summary, barriers=barriers)
 
 

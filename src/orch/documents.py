@@ -6,9 +6,13 @@ YAML mappings and lists load as `LineDict` / `LineList`, which remember the
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +49,12 @@ class LineList(list):  # type: ignore[type-arg]
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings and sequences carry line numbers."""
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LineLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """SafeLoader (libyaml's when available: ~10x faster on big references files)
+    whose mappings and sequences carry line numbers."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
@@ -103,17 +111,58 @@ def read_text(path: Path, label: str) -> str:
         raise ConfigError(f"{label}: cannot read: {err}") from err
 
 
-def load_document(path: Path, label: str) -> Any:
+#: YAML files at least this big are cached parsed (pickle) under the cache dir:
+#: building 10k rows with line numbers costs ~0.5 s, unpickling them ~0.05 s.
+CACHE_MIN_BYTES = 256 * 1024
+_CACHE_VERSION = b"orch-references-1"
+
+
+def load_document(path: Path, label: str, cache_dir: Path | None = None) -> Any:
     """Load a references document by its suffix: .yaml/.yml, .json or .csv.
 
     CSV loads as a list of row dicts (header row gives the keys); each row
     dict is a LineDict whose `line` is its line in the file.
+
+    Args:
+        path: The file.
+        label: Its name in messages (project-relative).
+        cache_dir: Where big YAML files (>= CACHE_MIN_BYTES) keep a parsed
+            copy, keyed by path, size, mtime, ctime and inode; None: no cache.
 
     Raises:
         ConfigError: unknown suffix, unreadable file, or malformed content,
             naming the file and the line where the parser gives one.
     """
     suffix = path.suffix.lower()
+    if cache_dir is not None and suffix in (".yaml", ".yml"):
+        return _load_cached(path, label, cache_dir)
+    return _parse_document(path, label, suffix)
+
+
+def _load_cached(path: Path, label: str, cache_dir: Path) -> Any:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _parse_document(path, label, path.suffix.lower())
+    if st.st_size < CACHE_MIN_BYTES:
+        return _parse_document(path, label, path.suffix.lower())
+    key = hashlib.sha256(
+        b"|".join([_CACHE_VERSION, os.fsencode(os.path.abspath(path)),
+                   *(str(v).encode() for v in (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))])
+    ).hexdigest()
+    cache = cache_dir / f"{key}.pickle"
+    with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        return pickle.loads(cache.read_bytes())  # noqa: S301 - our own cache file
+    data = _parse_document(path, label, path.suffix.lower())
+    with contextlib.suppress(OSError):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, cache)
+    return data
+
+
+def _parse_document(path: Path, label: str, suffix: str) -> Any:
     text = read_text(path, label)
     if suffix in (".yaml", ".yml"):
         return parse_yaml(text, label)

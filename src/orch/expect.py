@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +79,10 @@ class SchemaStore:
         return self.validator(rel).schema
 
 
-def _rule_files(directory: Path, rule: ExpectRule) -> tuple[list[str], Finding | None]:
+def _rule_files(directory: Path | str, rule: ExpectRule) -> tuple[list[str], Finding | None]:
     if rule.file is not None:
         return [rule.file], None
+    directory = Path(directory)
     matches = sorted(
         str(p.relative_to(directory))
         for p in directory.glob(str(rule.glob))
@@ -94,7 +96,7 @@ def _rule_files(directory: Path, rule: ExpectRule) -> tuple[list[str], Finding |
 
 
 def check_outputs(
-    directory: Path,
+    directory: Path | str,
     rules: tuple[ExpectRule, ...],
     schemas: SchemaStore,
     known: Mapping[str, tuple[int, int]] | None = None,
@@ -121,30 +123,30 @@ def check_outputs(
         for name in names:
             findings.extend(_check_file(directory, name, rule, schemas, known))
     if known is None:
-        findings.extend(_check_symlinks(directory))
+        findings.extend(_check_symlinks(Path(directory)))
     return findings
 
 
 def _check_file(
-    directory: Path,
+    directory: Path | str,
     name: str,
     rule: ExpectRule,
     schemas: SchemaStore,
     known: Mapping[str, tuple[int, int]] | None,
 ) -> list[Finding]:
-    path = directory / name
+    path = os.path.join(directory, name)
     try:
         st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            target = os.path.realpath(path)
+            if not _inside(directory, target):
+                return [Finding(name, "symlink", f"symlink points outside the partition: {target}")]
+            st = os.stat(path)
     except FileNotFoundError:
         return [Finding(name, "exists", "missing")]
     except OSError as err:
         return [Finding(name, "exists", f"cannot stat: {err.strerror}")]
-    if os.path.islink(path):
-        target = os.path.realpath(path)
-        if not _inside(directory, target):
-            return [Finding(name, "symlink", f"symlink points outside the partition: {target}")]
-        st = os.stat(path)
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(st.st_mode):
         return [Finding(name, "exists", "not a regular file")]
     if (rule.non_empty or rule.json) and st.st_size == 0:
         return [Finding(name, "non_empty", "empty file")]
@@ -155,7 +157,8 @@ def _check_file(
     if known is not None and known.get(name) == (st.st_size, st.st_mtime_ns):
         return []
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as err:
         return [Finding(name, "exists", f"cannot read as UTF-8 text: {err}")]
     findings = []
@@ -198,6 +201,6 @@ def _check_symlinks(directory: Path) -> list[Finding]:
     return findings
 
 
-def _inside(directory: Path, target: str) -> bool:
+def _inside(directory: Path | str, target: str) -> bool:
     base = os.path.realpath(directory)
     return target == base or target.startswith(base + os.sep)

@@ -116,6 +116,7 @@ class PartitionIndex:
         self._by_id: dict[str, dict[str, Partition]] = {}
         self._out_dirs: dict[str, tuple[str, str]] = {}
         self._resolved_parents: dict[str, Path] = {}
+        self._links: dict[str, set[str]] = {}
         self._root = project.root.resolve()
 
     def for_stage(self, name: str) -> tuple[Partition, ...]:
@@ -159,7 +160,8 @@ class PartitionIndex:
             path = self.project.root / rel
             if Path(rel).is_absolute() or not _is_inside(self._root, path.resolve()):
                 raise ConfigError(f"{rel}: references file must be inside the project")
-            self._documents[rel] = load_document(path, rel)
+            cache = self.project.root / "wip" / "cache" / "references"
+            self._documents[rel] = load_document(path, rel, cache)
         return self._documents[rel]
 
     def _rows(self, stage: Stage) -> tuple[list[Any], list[str]]:
@@ -340,14 +342,15 @@ class PartitionIndex:
         return norm
 
     def _check_symlinks(self, norm: str, rel: str, pid: str, label: str) -> None:
-        parent = os.path.dirname(norm)
-        resolved = self._resolved_parents.get(parent)
-        if resolved is None:
+        parent, name = os.path.split(norm)
+        if parent not in self._resolved_parents:
             resolved = (self.project.root / parent).resolve()
             self._resolved_parents[parent] = resolved
-        target = resolved / os.path.basename(norm)
-        if os.path.islink(target):
-            target = target.resolve()
+            self._links[parent] = _symlinks_in(resolved)
+        resolved = self._resolved_parents[parent]
+        if name not in self._links[parent] and _is_inside(self._root, resolved):
+            return
+        target = (resolved / name).resolve()
         if not _is_inside(self._root, target):
             raise ConfigError(
                 f"{label}: output directory '{rel}' of partition {pid} resolves to {target}, "
@@ -356,8 +359,18 @@ class PartitionIndex:
             )
 
 
+def _symlinks_in(directory: Path) -> set[str]:
+    """Return names of the symlinks in `directory` (one scandir, not a stat per name)."""
+    try:
+        with os.scandir(directory) as entries:
+            return {e.name for e in entries if e.is_symlink()}
+    except OSError:
+        return set()
+
+
 def _is_inside(root: Path, path: Path) -> bool:
-    return path == root or root in path.parents
+    root_s, path_s = str(root), str(path)
+    return path_s == root_s or path_s.startswith(root_s.rstrip(os.sep) + os.sep)
 
 
 def _priority(value: Any, where: str) -> float:

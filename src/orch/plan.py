@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from orch.errors import StageBlocked
@@ -90,7 +89,7 @@ class Planner:
         self.agent_override = agent_override
         self.deep = deep
         self._states: dict[str, dict[str, PartitionState]] = {}
-        self._listings: dict[Path, dict[str, list[str]]] = {}
+        self._listings: dict[str, dict[str, list[str]]] = {}
         self._attempted: dict[str, set[str]] = {}
 
     def agent_for(self, stage: Stage) -> AgentConfig:
@@ -128,17 +127,27 @@ class Planner:
         partition: Partition,
         agent: AgentConfig,
         manifests: Mapping[ChildKey, Manifest | None],
+        holding_lock: bool = False,
     ) -> PartitionState:
         """Return the state of one partition given its children's manifests.
 
-        `manifests` maps each child to its manifest when complete, else None.
+        Args:
+            partition: The partition.
+            agent: The agent it runs with (part of the fingerprint).
+            manifests: Each child's manifest when complete, else None.
+            holding_lock: The caller holds the partition lock: look at the
+                disk afresh (no cached listing) and never report `running`.
         """
         stage = self.ws.project.stage(partition.stage)
-        out_dir = self.ws.root / partition.out_dir
-        listing = self._listing(out_dir.parent)
-        exists = out_dir.name in listing.get("", ())
+        out_dir = os.path.join(self.ws.root, partition.out_dir)
+        parent, name = os.path.split(out_dir)
+        if holding_lock:
+            exists, staging = os.path.lexists(out_dir), False
+        else:
+            listing = self._listing(parent)
+            exists, staging = name in listing.get("", ()), name in listing
         manifest = read_manifest(out_dir) if exists else None
-        if out_dir.name in listing and is_locked(self.ws.root, partition.stage, partition.id):
+        if staging and is_locked(self.ws.root, partition.stage, partition.id):
             return PartitionState(partition, Status.RUNNING, "running in another orch process", manifest)
         waiting = tuple(k for k in partition.children if manifests.get(k) is None)
         if waiting:
@@ -204,7 +213,7 @@ class Planner:
             )
         return PartitionState(partition, Status.MISSING, "missing", None, fingerprint, prompt)
 
-    def _listing(self, parent: Path) -> dict[str, list[str]]:
+    def _listing(self, parent: str) -> dict[str, list[str]]:
         """Map directory name -> staging attempt numbers, and "" -> names present."""
         if parent not in self._listings:
             listing: dict[str, list[str]] = {"": []}
@@ -251,12 +260,13 @@ def stale_reason(manifest: Manifest, fp: Fingerprint, partition: Partition, stag
             shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
             return f"stale: {label} {shown} changed"
     if old.get("prompt") != fp.prompt:
-        if old.get("row") != fp.row:
+        now = fp.explain()
+        if old.get("row") != now["row"]:
             source = partition.source.split(":", 1)[0]
             return f"stale: {source} row changed"
-        if old.get("vars") != fp.vars:
+        if old.get("vars") != now["vars"]:
             return "stale: vars changed (orch.yaml)"
-        if old.get("blueprint") != fp.blueprint:
+        if old.get("blueprint") != now["blueprint"]:
             return f"stale: prompt changed (blueprint {stage.blueprint})"
         return "stale: prompt changed"
     if old.get("agent") != fp.agent:

@@ -154,7 +154,7 @@ class Scheduler:
         self._global: asyncio.Semaphore | None = None
         self._halted: str | None = None
         self._stopping = False
-        self._failed = 0
+        self._failed_count = 0
         self._scheduled = 0
         self._cost_run = 0.0
         self._cost_stage: dict[str, float] = {}
@@ -288,7 +288,7 @@ class Scheduler:
             return Outcome(stage.name, partition.id, "held", reason)
         try:
             self._clean_dead_staging(partition)
-            state = self.planner.assess(partition, agent, manifests)
+            state = self.planner.assess(partition, agent, manifests, holding_lock=True)
             if not self._select(state)[0]:
                 return Outcome(stage.name, partition.id, "up-to-date", "complete", manifest=state.manifest)
             return await self._attempts(partition, stage, agent, state, manifests, why)
@@ -540,7 +540,7 @@ class Scheduler:
         usage: Usage | None,
     ) -> Outcome:
         last = history[-1]
-        self._failed += 1
+        self._failed_count += 1
         reason = f"failed in attempt {last['n']}: {last['error']}"
         log = archive.relative_to(self.ws.root) / META_DIR / AGENT_LOG
         self.log.emit(
@@ -612,10 +612,10 @@ class Scheduler:
             pct is not None
             and self._scheduled
             and not self._halted
-            and self._failed * 100 / self._scheduled >= pct
+            and self._failed_count * 100 / self._scheduled >= pct
         ):
             self._halted = (
-                f"halted: {self._failed} of {self._scheduled} partitions failed (--halt-on {pct:g}%)"
+                f"halted: {self._failed_count} of {self._scheduled} partitions failed (--halt-on {pct:g}%)"
             )
             self.log.emit("halted", reason=self._halted)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,9 @@ def digest(value: Any) -> str:
 class Fingerprint:
     """A partition's fingerprint and the hashes it was made of.
 
-    `value` covers prompt, agent, expect and inputs. `row`, `vars` and
-    `blueprint` are kept only to explain a changed prompt.
+    `value` covers prompt, agent, expect and inputs. The row, vars and
+    blueprint hashes only explain a changed prompt, so they are computed on
+    demand (`explain`), not for every partition `orch status` looks at.
     """
 
     value: str
@@ -44,16 +45,12 @@ class Fingerprint:
     agent: str
     expect: str
     inputs: Mapping[str, str]
-    row: str
-    vars: str
-    blueprint: str
+    explain: Callable[[], dict[str, str]]
 
     def parts(self) -> dict[str, Any]:
-        """Return the parts as stored in the manifest."""
-        data = asdict(self)
-        data.pop("value")
-        data["inputs"] = dict(self.inputs)
-        return data
+        """Return the parts as stored in the manifest (with row/vars/blueprint)."""
+        return {"prompt": self.prompt, "agent": self.agent, "expect": self.expect,
+                "inputs": dict(self.inputs), **self.explain()}
 
 
 class InputView:
@@ -190,19 +187,20 @@ class Workspace:
         prompt_hash = digest(prompt)
         agent_hash = self._cached(("agent", agent.name), lambda: digest(fingerprint_settings(agent)))
         expect_hash = self._cached(("expect", stage.name), lambda: self._expect_digest(stage))
-        value = digest({"prompt": prompt_hash, "agent": agent_hash, "expect": expect_hash, "inputs": inputs})
-        return Fingerprint(
-            value=value,
-            prompt=prompt_hash,
-            agent=agent_hash,
-            expect=expect_hash,
-            inputs=inputs,
-            row=digest(dict(partition.row)),
-            vars=self._cached(("vars", stage.name), lambda: digest({**self.project.vars, **stage.vars})),
-            blueprint=self._cached(
-                ("blueprint", stage.name), lambda: digest(self.blueprint(stage).digest_source)
-            ),
-        )
+        # Hash of hashes joined by NUL: no JSON encoding in the status hot path.
+        value = digest("\0".join([prompt_hash, agent_hash, expect_hash,
+                                  *(f"{k}={v}" for k, v in sorted(inputs.items()))]))
+
+        def explain() -> dict[str, str]:
+            return {
+                "row": digest(dict(partition.row)),
+                "vars": self._cached(("vars", stage.name),
+                                     lambda: digest({**self.project.vars, **stage.vars})),
+                "blueprint": self._cached(("blueprint", stage.name),
+                                          lambda: digest(self.blueprint(stage).digest_source)),
+            }
+
+        return Fingerprint(value, prompt_hash, agent_hash, expect_hash, inputs, explain)
 
     def _expect_digest(self, stage: Stage) -> str:
         rules = [asdict(rule) for rule in stage.expect]
