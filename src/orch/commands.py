@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orch.barriers import BarrierReport, check_barrier
+from orch.barriers import BarrierReport
 from orch.blueprints import check_params, list_blueprint_files, load_blueprint
 from orch.errors import (
     BarrierNotMet,
@@ -297,9 +297,7 @@ def run_stages(
     finally:
         if reporter is not None and hasattr(reporter, "close"):
             reporter.close()
-    barriers = [] if summary.interrupted else [
-        check_barrier(ws, name, agent, only=only) for name in names]
-    return RunResult(summary=summary, barriers=barriers)
+    return RunResult(summary=summary, barriers=summary.barriers)
 
 
 def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options: Any) -> RunResult:

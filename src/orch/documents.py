@@ -152,7 +152,7 @@ def _load_cached(path: Path, label: str, cache_dir: Path) -> Any:
     ).hexdigest()
     cache = cache_dir / f"{key}.pickle"
     with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
-        return pickle.loads(cache.read_bytes())  # noqa: S301 - our own cache file
+        return pickle.loads(cache.read_bytes())  # our own cache file, written below
     data = _parse_document(path, label, path.suffix.lower())
     with contextlib.suppress(OSError):
         cache_dir.mkdir(parents=True, exist_ok=True)

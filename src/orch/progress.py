@@ -96,6 +96,9 @@ class PlainReporter:
             line = f"      {event.get('reason')}"
         elif kind == "interrupted":
             line = f"      interrupted {where}"
+        elif kind == "barrier":
+            state = "met" if event["met"] else "NOT met"
+            line = f"      barrier {event['stage']}: {state} ({event['complete']}/{event['total']})"
         else:
             return
         self.stream.write(line + "\n")

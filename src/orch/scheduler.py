@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec, Usage
+from orch.barriers import BarrierReport, check_barrier
 from orch.errors import BlueprintError
 from orch.executors import Executor, LocalExecutor
 from orch.expect import META_DIR, check_outputs
@@ -105,6 +106,7 @@ class RunSummary:
     halted: str | None = None
     events_path: Path | None = None
     duration_s: float = 0.0
+    barriers: list[BarrierReport] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         """Return how many partitions ended with `status`."""
@@ -158,6 +160,9 @@ class Scheduler:
         self._scheduled = 0
         self._cost_run = 0.0
         self._cost_stage: dict[str, float] = {}
+        self._stage_sizes: dict[str, int] = {}
+        self._stage_done: dict[str, list[Outcome]] = {}
+        self._barriers: dict[str, BarrierReport] = {}
 
     # -- public ---------------------------------------------------------------
 
@@ -181,6 +186,8 @@ class Scheduler:
         summary = RunSummary(self.run_id, events_path=self.log.path)
         partitions = self.scope()
         self._scheduled = len(partitions)
+        for partition in partitions:
+            self._stage_sizes[partition.stage] = self._stage_sizes.get(partition.stage, 0) + 1
         if self.ws.project.max_parallel or (len(self.options.stages) > 1 and self.options.max_parallel):
             limit = (
                 self.options.max_parallel if len(self.options.stages) > 1 else None
@@ -199,8 +206,7 @@ class Scheduler:
                 self._tasks.append(task)
             outcomes = await asyncio.gather(*self._tasks)
             summary.outcomes = list(outcomes)
-            for name in self.options.stages:
-                self._emit_stage_done(name, summary)
+            summary.barriers = [self._barriers[n] for n in self.options.stages if n in self._barriers]
         finally:
             self._remove_signals(loop)
             await self.executor.aclose()
@@ -262,7 +268,23 @@ class Scheduler:
             future = self._futures[key]
             if not future.done():
                 future.set_result(outcome)
+        self._stage_finished_one(outcome)
         return outcome
+
+    def _stage_finished_one(self, outcome: Outcome) -> None:
+        """Count a finished partition; check the stage's barrier after its last one."""
+        done = self._stage_done.setdefault(outcome.stage, [])
+        done.append(outcome)
+        if len(done) < self._stage_sizes.get(outcome.stage, 0) or self._stopping:
+            return
+        counts: dict[str, int] = {}
+        for item in done:
+            counts[item.status] = counts.get(item.status, 0) + 1
+        self.log.emit("stage_finished", stage=outcome.stage, counts=counts)
+        report = check_barrier(self.ws, outcome.stage, self.options.agent, only=self.options.only)
+        self._barriers[outcome.stage] = report
+        self.log.emit("barrier", stage=outcome.stage, met=report.met, complete=report.complete,
+                      total=report.total, missing=[e.__dict__ for e in report.entries[:20]])
 
     async def _partition(self, partition: Partition) -> Outcome:
         stage = self.ws.project.stage(partition.stage)
@@ -638,12 +660,6 @@ class Scheduler:
             return f"halted: stage budget max_cost_usd {stage.max_cost_usd:g} reached (spent {spent:.4f})"
         return None
 
-    def _emit_stage_done(self, name: str, summary: RunSummary) -> None:
-        outcomes = [o for o in summary.outcomes if o.stage == name]
-        counts: dict[str, int] = {}
-        for outcome in outcomes:
-            counts[outcome.status] = counts.get(outcome.status, 0) + 1
-        self.log.emit("stage_finished", stage=name, counts=counts)
 
 
 def _default_parallel() -> int:
@@ -656,7 +672,3 @@ def _human_s(seconds: float) -> str:
         return f"{minutes // 60}h{minutes % 60}m" if minutes >= 60 else f"{minutes}m"
     return f"{seconds:g}s"
 
-
-def run_sync(scheduler: Scheduler) -> RunSummary:
-    """Run `scheduler` on a fresh event loop and return its summary."""
-    return asyncio.run(scheduler.run())
