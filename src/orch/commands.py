@@ -81,7 +81,8 @@ def status_all(ws: Workspace) -> list[dict[str, Any]]:
 
 def stage_status(ws: Workspace, stage: str) -> list[dict[str, Any]]:
     """Return the per-partition status rows of one stage."""
-    return status_rows(ws, Planner(ws).stage_states(ws.project.stage(stage).name))
+    planner = Planner(ws)
+    return status_rows(planner, planner.stage_states(ws.project.stage(stage).name))
 
 
 def render_prompt(ws: Workspace, stage: str, partition_id: str) -> str:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from orch.errors import StageBlocked
@@ -200,7 +201,7 @@ class Planner:
                 prompt,
                 (Finding(".orch/manifest.json", "exists", "missing or invalid"),),
             )
-        error = self._last_error(partition)
+        error = self.last_error(partition)
         if error is not None:
             return PartitionState(
                 partition,
@@ -231,18 +232,26 @@ class Planner:
             self._listings[parent] = listing
         return self._listings[parent]
 
-    def _last_error(self, partition: Partition) -> dict[str, Any] | None:
+    def archived(self, partition: Partition) -> list[tuple[int, str]]:
+        """Return `(n, path)` of the partition's attempts kept in wip/attempts/, oldest first.
+
+        Lists `wip/attempts/<stage>/` once per stage, so partitions that never
+        failed cost no system call.
+        """
         if partition.stage not in self._attempted:
-            base = self.ws.root / "wip" / "attempts" / partition.stage
+            base = os.path.join(self.ws.root, "wip", "attempts", partition.stage)
             try:
                 self._attempted[partition.stage] = set(os.listdir(base))
             except FileNotFoundError:
                 self._attempted[partition.stage] = set()
         if partition.id not in self._attempted[partition.stage]:
-            return None
-        attempts = list_attempts(self.ws.root, partition.stage, partition.id)
-        for _, path in reversed(attempts):
-            error = read_error(path)
+            return []
+        return [(n, str(path)) for n, path in list_attempts(self.ws.root, partition.stage, partition.id)]
+
+    def last_error(self, partition: Partition) -> dict[str, Any] | None:
+        """Return the error record of the partition's latest failed attempt, if any."""
+        for _, path in reversed(self.archived(partition)):
+            error = read_error(Path(path))
             if error is not None:
                 return error
         return None

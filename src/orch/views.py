@@ -15,8 +15,6 @@ from rich.table import Table
 
 from orch.plan import PartitionState, Planner, Status
 from orch.scheduler import RunSummary
-from orch.state import list_attempts, read_error
-from orch.workspace import Workspace
 
 STATUS_ORDER = [s.value for s in Status]
 
@@ -100,7 +98,7 @@ def status_overview(planner: Planner) -> list[dict[str, Any]]:
     return overview
 
 
-def status_rows(ws: Workspace, states: Sequence[PartitionState]) -> list[dict[str, Any]]:
+def status_rows(planner: Planner, states: Sequence[PartitionState]) -> list[dict[str, Any]]:
     """Per partition: status, attempts, duration, tokens, cost, last error."""
     rows = []
     for s in states:
@@ -109,12 +107,15 @@ def status_rows(ws: Workspace, states: Sequence[PartitionState]) -> list[dict[st
         tokens = None
         if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
             tokens = (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0)
-        error = s.last_error or _last_error(ws, s)
+        numbers = {n for n, _ in planner.archived(s.partition)}
+        if manifest:
+            numbers.add(manifest.attempt)
+        error = s.last_error or (planner.last_error(s.partition) if numbers else None)
         rows.append(
             {
                 "id": s.partition.id,
                 "status": s.status.value,
-                "attempts": _attempt_count(ws, s),
+                "attempts": len(numbers),
                 "duration_s": manifest.duration_s if manifest else None,
                 "tokens": tokens,
                 "cost_usd": usage.get("cost_usd"),
@@ -123,22 +124,6 @@ def status_rows(ws: Workspace, states: Sequence[PartitionState]) -> list[dict[st
             }
         )
     return rows
-
-
-def _attempt_count(ws: Workspace, state: PartitionState) -> int:
-    archived = list_attempts(ws.root, state.partition.stage, state.partition.id)
-    numbers = [n for n, _ in archived]
-    if state.manifest:
-        numbers.append(state.manifest.attempt)
-    return len(set(numbers))
-
-
-def _last_error(ws: Workspace, state: PartitionState) -> dict[str, Any] | None:
-    for _, path in reversed(list_attempts(ws.root, state.partition.stage, state.partition.id)):
-        error = read_error(path)
-        if error:
-            return error
-    return None
 
 
 SUMMARY_COLUMNS = [
