@@ -232,6 +232,11 @@ class Planner:
             self._listings[parent] = listing
         return self._listings[parent]
 
+    def has_staging(self, partition: Partition) -> bool:
+        """True if a staging directory of the partition was seen on disk."""
+        parent, name = os.path.split(os.path.join(self.ws.root, partition.out_dir))
+        return name in self._listing(parent)
+
     def archived(self, partition: Partition) -> list[tuple[int, str]]:
         """Return `(n, path)` of the partition's attempts kept in wip/attempts/, oldest first.
 

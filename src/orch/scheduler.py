@@ -296,26 +296,42 @@ class Scheduler:
         state = self.planner.assess(partition, agent, manifests)
         selected, why = self._select(state)
         if not selected:
-            status = (
-                "up-to-date"
-                if state.is_complete
-                else ("held" if state.status is Status.RUNNING else "skipped")
-            )
-            self.log.emit("skipped", stage=stage.name, partition=partition.id, reason=why)
-            return Outcome(stage.name, partition.id, status, why, manifest=state.manifest)
+            if self.planner.has_staging(partition):
+                self._clean_if_dead(partition)
+            return self._not_selected(partition, state, why)
         lock = PartitionLock(self.ws.root, stage.name, partition.id)
         if not lock.try_acquire(self.options.wait_locks_s):
-            reason = "held by another orch process; skipped (rerun once it finishes)"
+            reason = "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
             self.log.emit("skipped", stage=stage.name, partition=partition.id, reason=reason)
             return Outcome(stage.name, partition.id, "held", reason)
         try:
             self._clean_dead_staging(partition)
             state = self.planner.assess(partition, agent, manifests, holding_lock=True)
-            if not self._select(state)[0]:
-                return Outcome(stage.name, partition.id, "up-to-date", "complete", manifest=state.manifest)
+            selected, why_now = self._select(state)
+            if not selected:  # another orch process completed it while we waited
+                return self._not_selected(partition, state, why_now)
             return await self._attempts(partition, stage, agent, state, manifests, why)
         finally:
             lock.release()
+
+    def _not_selected(self, partition: Partition, state: PartitionState, why: str) -> Outcome:
+        if state.is_complete:
+            status = "up-to-date"
+        elif state.status is Status.RUNNING:
+            status = "held"
+        else:
+            status = "skipped"
+        self.log.emit("skipped", stage=partition.stage, partition=partition.id, reason=why)
+        return Outcome(partition.stage, partition.id, status, why, manifest=state.manifest)
+
+    def _clean_if_dead(self, partition: Partition) -> None:
+        """Archive a dead run's staging dirs of a partition this run does not redo."""
+        lock = PartitionLock(self.ws.root, partition.stage, partition.id)
+        if lock.try_acquire():
+            try:
+                self._clean_dead_staging(partition)
+            finally:
+                lock.release()
 
     async def _inputs(self, partition: Partition) -> tuple[dict[ChildKey, Manifest | None], str]:
         """Wait for children in this run; return their manifests, or why blocked."""
@@ -338,7 +354,9 @@ class Scheduler:
 
     def _select(self, state: PartitionState) -> tuple[bool, str]:
         if state.status is Status.RUNNING:
-            return False, "held by another orch process; skipped"
+            if self.options.wait_locks_s > 0:
+                return True, "held by another orch process; waiting for it"
+            return False, "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
         if self.options.force:
             return True, f"forced ({state.reason})"
         if self.options.retry_failed:

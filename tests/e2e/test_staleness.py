@@ -256,3 +256,14 @@ def test_dead_run_staging_dir_is_archived_and_redone(make_project):
 def plan_status(project) -> dict[str, str]:
     data = json.loads(project.orch("plan", "work", "--json", check=True).stdout)
     return {p["id"]: p["status"] for p in data["partitions"]}
+
+
+def test_dead_staging_dir_beside_a_complete_partition_is_archived(make_project):
+    project = make_project(n_items=1)
+    project.orch("stage", "run", "work", check=True)
+    dead = project.root / "data/work/.item01.attempt-9"
+    (dead / ".orch").mkdir(parents=True)
+    again = project.orch("stage", "run", "work", check=True)
+    assert "nothing to do" in again.stdout
+    assert not dead.exists()
+    assert (project.root / "wip/attempts/work/item01/9/.orch/error.json").exists()
