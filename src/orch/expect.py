@@ -189,16 +189,22 @@ def _check_json(name: str, text: str, rule: ExpectRule, schemas: SchemaStore) ->
 
 
 def _check_symlinks(directory: Path) -> list[Finding]:
+    """Find symlinks anywhere under `directory` that resolve outside it (scandir: no stat
+    per entry)."""
     findings = []
-    for base, dirs, files in os.walk(directory):
-        for entry in dirs + files:
-            path = os.path.join(base, entry)
-            if os.path.islink(path) and not _inside(directory, os.path.realpath(path)):
-                rel = os.path.relpath(path, directory)
-                findings.append(
-                    Finding(rel, "symlink", f"symlink points outside the partition: {os.path.realpath(path)}")
-                )
-    return findings
+    pending = [str(directory)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if not _inside(directory, target):
+                        rel = os.path.relpath(entry.path, directory)
+                        findings.append(Finding(rel, "symlink",
+                                                f"symlink points outside the partition: {target}"))
+                elif entry.is_dir():
+                    pending.append(entry.path)
+    return sorted(findings, key=lambda f: f.file)
 
 
 def _inside(directory: Path | str, target: str) -> bool:

@@ -232,6 +232,18 @@ class Planner:
             self._listings[parent] = listing
         return self._listings[parent]
 
+    def staging_numbers(self, partition: Partition) -> list[int]:
+        """Attempt numbers of the partition's staging dirs seen when first looked at."""
+        parent, name = os.path.split(os.path.join(self.ws.root, partition.out_dir))
+        return sorted(int(n) for n in self._listing(parent).get(name, []))
+
+    def last_attempt_number(self, partition: Partition, manifest: Manifest | None) -> int:
+        """The highest attempt number on disk: the manifest's, archived, or staging."""
+        seen = [manifest.attempt] if manifest else []
+        seen += [n for n, _ in self.archived(partition)]
+        seen += self.staging_numbers(partition)
+        return max(seen, default=0)
+
     def has_staging(self, partition: Partition) -> bool:
         """True if a staging directory of the partition was seen on disk."""
         parent, name = os.path.split(os.path.join(self.ws.root, partition.out_dir))

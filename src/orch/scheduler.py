@@ -35,13 +35,10 @@ from orch.state import (
     PartitionLock,
     archive_attempt,
     collect_outputs,
-    find_staging_dirs,
-    next_attempt,
     output_fingerprint,
     promote,
     read_manifest,
     staging_dir,
-    write_atomic,
 )
 from orch.workspace import ChildKey, Workspace
 
@@ -370,7 +367,10 @@ class Scheduler:
     def _clean_dead_staging(self, partition: Partition) -> None:
         """Archive staging directories left by a dead run (we hold the lock)."""
         out_dir = self.ws.root / partition.out_dir
-        for number, path in find_staging_dirs(out_dir):
+        for number in self.planner.staging_numbers(partition):
+            path = staging_dir(out_dir, number)
+            if not path.exists():
+                continue
             archive_attempt(
                 self.ws.root,
                 partition.stage,
@@ -397,12 +397,12 @@ class Scheduler:
         assert state.prompt is not None and state.fingerprint is not None
         history: list[dict[str, Any]] = []
         usage_total: Usage | None = None
-        out_dir = self.ws.root / partition.out_dir
+        number = self.planner.last_attempt_number(partition, state.manifest)
         for index in range(stage.retries + 1):
             halt = self._halt_reason(stage)
             if halt:
                 return Outcome(stage.name, partition.id, "halted", halt, len(history))
-            number = next_attempt(self.ws.root, stage.name, out_dir, state.manifest)
+            number += 1
             started = time.time()
             async with self._slots(stage):
                 if self._halt_reason(stage):
@@ -412,6 +412,7 @@ class Scheduler:
                 result, staging = await self._run_attempt(
                     partition, stage, agent, state, number, why if index == 0 else "retry"
                 )
+                number = int(staging.name.rsplit("-", 1)[1])
             usage_total = (
                 result.usage
                 if usage_total is None
@@ -431,8 +432,8 @@ class Scheduler:
             }
             history.append(record)
             if result.ok:
-                manifest = self._promote(
-                    partition, agent, state, number, history, staging, started, usage_total
+                manifest = await asyncio.to_thread(
+                    self._promote, partition, agent, state, number, history, staging, started, usage_total
                 )
                 self.log.emit(
                     "promoted",
@@ -453,7 +454,9 @@ class Scheduler:
                     usage_total,
                     manifest,
                 )
-            archive = archive_attempt(self.ws.root, stage.name, partition.id, staging, record)
+            archive = await asyncio.to_thread(
+                archive_attempt, self.ws.root, stage.name, partition.id, staging, record
+            )
             if not self._is_retryable(stage, result) or index == stage.retries:
                 return self._failed(partition, stage, history, archive, usage_total)
             delay = self._backoff(stage, index + 1, result.retry_after_s)
@@ -479,10 +482,10 @@ class Scheduler:
         why: str,
     ) -> tuple[AttemptResult, Path]:
         out_dir = self.ws.root / partition.out_dir
-        staging = staging_dir(out_dir, number)
-        (staging / META_DIR).mkdir(parents=True)
+        staging = _make_staging(out_dir, number)
+        number = int(staging.name.rsplit("-", 1)[1])
         prompt_file = staging / META_DIR / PROMPT
-        write_atomic(prompt_file, state.prompt or "")
+        prompt_file.write_text(state.prompt or "", encoding="utf-8")
         spec = AttemptSpec(
             stage=stage.name,
             partition=partition.id,
@@ -678,6 +681,20 @@ class Scheduler:
             return f"halted: stage budget max_cost_usd {stage.max_cost_usd:g} reached (spent {spent:.4f})"
         return None
 
+
+
+def _make_staging(out_dir: Path, number: int) -> Path:
+    """Create `.<name>.attempt-<n>/.orch/`, taking the next free n if a dead run left one."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        staging = staging_dir(out_dir, number)
+        try:
+            staging.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        (staging / META_DIR).mkdir()
+        return staging
 
 
 def _default_parallel() -> int:

@@ -20,7 +20,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +99,11 @@ class Manifest:
         return {o.path: (o.bytes, o.mtime_ns) for o in self.outputs}
 
     def to_json(self) -> str:
-        """Serialize with sorted keys (same manifest, same bytes)."""
-        data = asdict(self)
+        """Serialize with sorted keys and 2-space indent (same manifest, same bytes)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["outputs"] = [vars(o) for o in self.outputs]
         data["duration_s"] = self.duration_s
-        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
 
 
 def read_manifest(directory: Path | str) -> Manifest | None:
@@ -203,20 +204,26 @@ def hash_file(path: Path) -> str:
 
 
 def collect_outputs(directory: Path) -> list[OutputFile]:
-    """Return every regular file under `directory` outside `.orch/`, sorted by path."""
+    """Return every regular file under `directory` outside `.orch/`, sorted by path.
+
+    Symlinks are not outputs (the expect rules reject those leaving the partition).
+    """
     outputs = []
-    for base, dirs, files in os.walk(directory):
-        if base == str(directory):
-            dirs[:] = [d for d in dirs if d != META_DIR]
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(base) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            st = path.stat()
-            rel = str(path.relative_to(directory))
-            outputs.append(OutputFile(rel, st.st_size, st.st_mtime_ns, hash_file(path)))
-    return outputs
+    pending = [str(directory)]
+    while pending:
+        base = pending.pop()
+        with os.scandir(base) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir():
+                    if not (base == str(directory) and entry.name == META_DIR):
+                        pending.append(entry.path)
+                elif entry.is_file():
+                    st = entry.stat()
+                    rel = os.path.relpath(entry.path, directory)
+                    outputs.append(OutputFile(rel, st.st_size, st.st_mtime_ns, hash_file(Path(entry.path))))
+    return sorted(outputs, key=lambda o: o.path)
 
 
 def output_fingerprint(fingerprint: str, outputs: list[OutputFile]) -> str:
@@ -269,9 +276,11 @@ def promote(root: Path, staging: Path, out_dir: Path, manifest: Manifest) -> Non
     parent. A crash between the two renames leaves the partition missing, its
     old outputs archived and the new ones in the staging directory.
     """
-    write_atomic(staging / META_DIR / MANIFEST, manifest.to_json())
+    # The staging directory is invisible to readers until renamed, so its files
+    # need no temp-and-rename of their own: one fsync pass covers them all.
+    (staging / META_DIR / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     _fsync_tree(staging)
-    if out_dir.exists() or out_dir.is_symlink():
+    if os.path.lexists(out_dir):
         old = read_manifest(out_dir)
         number = old.attempt if old else next_attempt(root, manifest.stage, out_dir, None)
         dest = attempts_dir(root, manifest.stage, manifest.partition) / str(number)
@@ -288,7 +297,8 @@ def archive_attempt(root: Path, stage: str, partition: str, staging: Path, error
     Writes `.orch/error.json` (`error`: the attempt record) first, so the
     archive says why. Returns the archive path `wip/attempts/<stage>/<id>/<n>/`.
     """
-    write_atomic(staging / META_DIR / ERROR, json.dumps(error, indent=2, sort_keys=True) + "\n")
+    (staging / META_DIR).mkdir(exist_ok=True)
+    (staging / META_DIR / ERROR).write_text(json.dumps(error, indent=2, sort_keys=True) + "\n")
     match = _STAGING.match(staging.name)
     number = match.group("n") if match else str(error.get("n", 0))
     dest = attempts_dir(root, stage, partition) / number
@@ -311,17 +321,20 @@ class PartitionLock:
     """
 
     def __init__(self, root: Path, stage: str, partition: str) -> None:
-        path = lock_path(root, stage, partition)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = filelock.FileLock(str(path), is_singleton=False, preserve_lock_file=True)
+        self._path = lock_path(root, stage, partition)
+        self._lock = filelock.FileLock(str(self._path), is_singleton=False, preserve_lock_file=True)
 
     def try_acquire(self, timeout_s: float = 0.0) -> bool:
         """Acquire within `timeout_s` seconds (0: don't wait); False if held elsewhere."""
-        try:
-            self._lock.acquire(timeout=timeout_s, poll_interval=LOCK_POLL_S)
-        except filelock.Timeout:
-            return False
-        return True
+        for _ in range(2):
+            try:
+                self._lock.acquire(timeout=timeout_s, poll_interval=LOCK_POLL_S)
+                return True
+            except filelock.Timeout:
+                return False
+            except FileNotFoundError:  # first lock of this stage: make wip/locks/<stage>/
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+        return False
 
     def release(self) -> None:
         """Release the lock if held."""

@@ -57,7 +57,8 @@ class RehearsalBackend:
         for rule in spec.expect:
             for name in _names(rule):
                 path = spec.work_dir / name
-                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.parent != spec.work_dir:
+                    path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(_content(name, rule, spec, schemas), encoding="utf-8")
                 written.append(name)
         with spec.log_path.open("a", encoding="utf-8") as log:
