@@ -410,7 +410,7 @@ def blueprint_check(ctx: Context, file: Path | None) -> None:
         print_json(ctx.out, report.to_json())
     else:
         for line in report.lines():
-            ctx.out.print(line, highlight=False, markup=False)
+            ctx.out.print(line, highlight=False, markup=False, soft_wrap=True)
     report.raise_for_errors()
 
 

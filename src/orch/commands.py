@@ -7,6 +7,7 @@ maps to exit codes.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,13 @@ from orch.errors import (
     did_you_mean,
 )
 from orch.expect import META_DIR
+from orch.partitions import Partition
 from orch.plan import PartitionState, Planner, upstream_blockers
 from orch.runlog import EventSink
 from orch.scheduler import RunOptions, RunSummary, Scheduler
-from orch.state import AGENT_LOG, list_attempts, read_error
+from orch.state import AGENT_LOG, Manifest, list_attempts, read_error
 from orch.views import status_overview, status_rows
-from orch.workspace import Workspace
+from orch.workspace import ChildKey, Workspace
 
 
 def list_stages(ws: Workspace) -> list[dict[str, Any]]:
@@ -88,10 +90,7 @@ def stage_status(ws: Workspace, stage: str) -> list[dict[str, Any]]:
 def render_prompt(ws: Workspace, stage: str, partition_id: str) -> str:
     """Return the prompt of one partition; inputs not yet complete show as placeholders."""
     partition = ws.partitions.get(ws.project.stage(stage).name, partition_id)
-    planner = Planner(ws)
-    for child_stage in {s for s, _ in partition.children}:
-        planner.stage_states(child_stage)
-    return ws.render(partition, planner.child_manifests(partition), preview=True)
+    return ws.render(partition, preview_manifests(Planner(ws), partition), preview=True)
 
 
 @dataclass
@@ -153,6 +152,7 @@ def check_blueprints(ws: Workspace, file: Path | None) -> BlueprintReport:
         files = list_blueprint_files(ws.root, stages_by_file)
     report = BlueprintReport()
     planner = Planner(ws)
+    failures: dict[str, list[str]] = {}
     for rel in files:
         report.checked.append(rel)
         try:
@@ -166,17 +166,31 @@ def check_blueprints(ws: Workspace, file: Path | None) -> BlueprintReport:
         for stage_name in stages_by_file.get(rel, []):
             for partition in ws.partitions.for_stage(stage_name):
                 try:
-                    manifests = {}
-                    if partition.children:
-                        for child_stage in {s for s, _ in partition.children}:
-                            planner.stage_states(child_stage)
-                        manifests = planner.child_manifests(partition)
-                    ws.render(partition, manifests, preview=True)
+                    ws.render(partition, preview_manifests(planner, partition), preview=True)
                     report.rendered += 1
                 except BlueprintError as err:
-                    if err.message not in report.errors:
-                        report.errors.append(err.message)
+                    message = _CONTEXT.sub("", err.message)
+                    failures.setdefault(message, []).append(f"{stage_name}/{partition.id}")
+    for message, where in failures.items():
+        shown = ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else "")
+        report.errors.append(f"{message} (partitions {shown})")
     return report
+
+
+_CONTEXT = re.compile(r" \(stage [^,()]+, partition [^()]+\)$")
+
+
+def preview_manifests(planner: Planner, partition: Partition) -> dict[ChildKey, Manifest | None]:
+    """Children's manifests where complete; none at all if the children cannot be
+    assessed (e.g. their own blueprint is broken): a preview still renders."""
+    if not partition.children:
+        return {}
+    try:
+        for child_stage in {s for s, _ in partition.children}:
+            planner.stage_states(child_stage)
+    except ConfigError:
+        return {}
+    return planner.child_manifests(partition)
 
 
 @dataclass

@@ -77,6 +77,16 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineLis
     return items
 
 
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int | str:
+    """Keep zero-padded numbers such as ids `010` as text: YAML 1.1 reads 010 as octal 8."""
+    text = loader.construct_scalar(node)
+    digits = str(text).lstrip("+-")
+    if len(digits) > 1 and digits.startswith("0") and digits[1:2].isdigit():
+        return str(text)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)  # type: ignore[arg-type]
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
@@ -98,13 +108,18 @@ def parse_yaml(text: str, label: str, line_offset: int = 0) -> Any:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{label}:{mark.line + 1 + line_offset}" if mark else label
         problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{where}: invalid YAML: {problem}", "fix the syntax at that line") from err
+        hint = "fix the syntax at that line"
+        lines = text.splitlines()
+        if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line]:
+            hint = "that line contains a tab: YAML indents with spaces only"
+        raise ConfigError(f"{where}: invalid YAML: {problem}", hint) from err
 
 
 def read_text(path: Path, label: str) -> str:
     """Read a UTF-8 file, turning OS and decoding errors into ConfigError."""
     try:
-        return path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the data
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as err:
         raise ConfigError(f"{label}: file not found") from err
     except (OSError, UnicodeDecodeError) as err:
@@ -167,6 +182,8 @@ def _parse_document(path: Path, label: str, suffix: str) -> Any:
     if suffix in (".yaml", ".yml"):
         return parse_yaml(text, label)
     if suffix == ".json":
+        if not text.strip():
+            return None
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
@@ -183,7 +200,7 @@ def _parse_document(path: Path, label: str, suffix: str) -> Any:
 
 
 def _parse_csv(text: str, label: str) -> LineList:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
     rows = LineList()
     rows.line = 1
     try:
@@ -196,8 +213,10 @@ def _parse_csv(text: str, label: str) -> LineList:
                 f"{label}:1: invalid CSV header: column names must be non-empty and unique",
                 "name every column once in the first row",
             )
+        start = reader.line_num + 1
         for record in reader:
-            line = reader.line_num
+            # a quoted field may span lines: a row's line is where it starts
+            line, start = start, reader.line_num + 1
             if not record or all(not cell.strip() for cell in record):
                 continue
             if len(record) != len(header):

@@ -68,10 +68,12 @@ class Interrupted(OrchError):
 def did_you_mean(name: str, choices: object) -> str:
     """Return "; did you mean 'x'?" for the nearest of `choices`, or "".
 
-    Uses difflib's ratio with its usual 0.6 cutoff, so only plausible typos
-    get a suggestion.
+    Case-insensitive difflib ratio with its usual 0.6 cutoff, so only
+    plausible typos (`Id` for `ID`) get a suggestion.
     """
     import difflib
 
-    matches = difflib.get_close_matches(name, [str(c) for c in choices], n=1)  # type: ignore[attr-defined]
-    return f"; did you mean '{matches[0]}'?" if matches else ""
+    options = [str(c) for c in choices]  # type: ignore[attr-defined]
+    by_lower = {o.lower(): o for o in options}
+    matches = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+    return f"; did you mean '{by_lower[matches[0]]}'?" if matches else ""

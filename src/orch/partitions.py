@@ -58,7 +58,7 @@ class Partition:
 
 def sort_key(partition: Partition) -> tuple[float, list[Any]]:
     """Order partitions by priority (high first), then naturally by id (1.2 < 1.10)."""
-    natural = [int(p) if p.isdigit() else p for p in _DIGITS.split(partition.id)]
+    natural = [int(p) if p.isdecimal() else p for p in _DIGITS.split(partition.id)]
     return (-partition.priority, natural)
 
 
@@ -115,6 +115,7 @@ class PartitionIndex:
         self._stages: dict[str, tuple[Partition, ...]] = {}
         self._by_id: dict[str, dict[str, Partition]] = {}
         self._out_dirs: dict[str, tuple[str, str]] = {}
+        self._ancestors: dict[str, tuple[str, str]] = {}
         self._resolved_parents: dict[str, Path] = {}
         self._links: dict[str, set[str]] = {}
         self._root = project.root.resolve()
@@ -188,13 +189,15 @@ class PartitionIndex:
                 )
         if not isinstance(data, list):
             raise ConfigError(
-                f"{source.path}: expected a list of rows at '{source.key_path or '(top)'}', "
+                f"{source.path}: expected a list of rows at "
+                f"{repr(source.key_path) if source.key_path else 'the top level'}, "
                 f"got {type(data).__name__}",
                 "point partitions.path at a list of mappings",
             )
         if not data:
             raise ConfigError(
-                f"{source.path}: no partitions: the list at '{source.key_path or '(top)'}' "
+                f"{source.path}: no partitions: the list at "
+                f"{repr(source.key_path) if source.key_path else 'the top level'} "
                 f"is empty (stage {stage.name})",
                 "add at least one row",
             )
@@ -279,7 +282,7 @@ class PartitionIndex:
             fields = _shared_fields(children)
             if by is not None:
                 fields[by] = key
-            where = f"{CONFIG_NAME}:{stage.line}: stages.{stage.name} group {key}"
+            where = f"{CONFIG_NAME}:{stage.line_of('fan_in')}: stages.{stage.name} group {key}"
             if group_rows is not None:
                 row, where = group_rows[key]
                 fields.update({str(k): v for k, v in row.items()})
@@ -317,7 +320,7 @@ class PartitionIndex:
             partitions[index] = _with_children(partition, tuple(extra))
 
     def _out_dir(self, stage: Stage, params: Mapping[str, Any], pid: str, where: str) -> str:
-        label = f"{CONFIG_NAME}:{stage.line}: stages.{stage.name}.output"
+        label = f"{CONFIG_NAME}:{stage.line_of('output')}: stages.{stage.name}.output"
         rel = fill_placeholders(stage.output, params, f"{label}:")
         norm = os.path.normpath(rel)
         if (
@@ -338,18 +341,54 @@ class PartitionIndex:
                 f"{label}: partitions {other_stage}/{other} and {stage.name}/{pid} both write to '{norm}'",
                 "include the partition id placeholder in the output template",
             )
+        self._check_nesting(norm, stage.name, pid, label)
         self._out_dirs[norm] = (stage.name, pid)
         return norm
+
+    def _check_nesting(self, norm: str, stage: str, pid: str, label: str) -> None:
+        """Refuse a partition directory inside another's, or containing another."""
+        inner = self._ancestors.get(norm)
+        outer = None
+        parent = os.path.dirname(norm)
+        while parent and outer is None:
+            outer = self._out_dirs.get(parent)
+            parent = os.path.dirname(parent)
+        if inner or outer:
+            other_stage, other = inner or outer  # type: ignore[misc]
+            relation = "contains that of" if inner else "lies inside that of"
+            raise ConfigError(
+                f"{label}: the directory of partition {stage}/{pid} ('{norm}') {relation} "
+                f"partition {other_stage}/{other}",
+                "give every stage its own output directory, e.g. data/<stage>/<ID>",
+            )
+        parent = os.path.dirname(norm)
+        while parent and parent not in self._ancestors:
+            self._ancestors[parent] = (stage, pid)
+            parent = os.path.dirname(parent)
+
 
     def _check_symlinks(self, norm: str, rel: str, pid: str, label: str) -> None:
         parent, name = os.path.split(norm)
         if parent not in self._resolved_parents:
+            dangling = _dangling_link(self.project.root, parent)
+            if dangling:
+                raise ConfigError(
+                    f"{label}: output directory '{rel}' of partition {pid} passes through the "
+                    f"dangling symlink {dangling}",
+                    "remove the symlink, or create the directory it points to",
+                )
             resolved = (self.project.root / parent).resolve()
             self._resolved_parents[parent] = resolved
             self._links[parent] = _symlinks_in(resolved)
         resolved = self._resolved_parents[parent]
         if name not in self._links[parent] and _is_inside(self._root, resolved):
             return
+        if name in self._links[parent] and not (resolved / name).exists():
+            raise ConfigError(
+                f"{label}: output directory '{rel}' of partition {pid} is a dangling symlink "
+                f"-> {os.readlink(resolved / name)}",
+                "remove the symlink, or create the directory it points to",
+            )
         target = (resolved / name).resolve()
         if not _is_inside(self._root, target):
             raise ConfigError(
@@ -357,6 +396,18 @@ class PartitionIndex:
                 "outside the project (through a symlink)",
                 "remove the symlink or point the output template elsewhere",
             )
+
+
+def _dangling_link(root: Path, rel: str) -> str | None:
+    """Return `path -> target` for the first dangling symlink on `root/rel`, if any."""
+    path = root
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink() and not path.exists():
+            return f"{path.relative_to(root)} -> {os.readlink(path)}"
+        if not path.exists():
+            return None
+    return None
 
 
 def _symlinks_in(directory: Path) -> set[str]:

@@ -112,6 +112,7 @@ class Stage:
         max_cost_usd: Budget for this stage in one run, or None.
         vars: Stage-level variables, merged over the project vars.
         line: Line of the stage key in orch.yaml.
+        lines: Line of each of the stage's own keys.
     """
 
     name: str
@@ -131,6 +132,11 @@ class Stage:
     max_cost_usd: float | None = None
     vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     line: int = 0
+    lines: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def line_of(self, key: str) -> int:
+        """Line of one of the stage's keys in orch.yaml (the stage's line if absent)."""
+        return self.lines.get(key, self.line)
 
     @property
     def upstream(self) -> tuple[str, ...]:
@@ -261,10 +267,15 @@ def parse_duration(value: Any, where: str) -> float:
 class _Node:
     """A raw YAML value with its key path and line, and typed accessors."""
 
+    def key_lines(self) -> dict[str, int]:
+        """Lines of this mapping's keys (empty for a non-mapping)."""
+        return dict(getattr(self.value, "key_lines", {}))
+
     def __init__(self, value: Any, path: str, line: int) -> None:
         self.value = value
         self.path = path
-        self.line = getattr(value, "line", 0) or line
+        # The key's line (where a typo is), else the value's own (top level).
+        self.line = line or getattr(value, "line", 0)
 
     @property
     def where(self) -> str:
@@ -361,7 +372,8 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
-        return "a list"
+        shown = repr([v if not isinstance(v, dict | list) else "..." for v in value])
+        return f"the list {shown}" if len(shown) <= 60 else "a list"
     return repr(value)
 
 
@@ -390,7 +402,8 @@ def _load_agents(node: _Node, validate_agent: Any) -> tuple[dict[str, AgentConfi
             default = child.string()
             continue
         if not _NAME.match(name):
-            raise child.fail("an agent name of letters, digits, '_' or '-'")
+            raise ConfigError(f"{child.where} agent name {name!r} must be letters, digits, '_' or '-'",
+                              "rename the agent")
         agents[name] = validate_agent(name, child.value, child.where, child.line)
     if not agents:
         raise node.fail("at least one agent, e.g. offline: {backend: rehearsal}")
@@ -433,7 +446,8 @@ def _load_stages(node: _Node, agents: Mapping[str, AgentConfig]) -> dict[str, St
 
 def _load_stage(name: str, node: _Node, agents: Mapping[str, AgentConfig]) -> Stage:
     if not _NAME.match(name):
-        raise node.fail("a stage name of letters, digits, '_' or '-'")
+        raise ConfigError(f"{node.where} stage name {name!r} must be letters, digits, '_' or '-'",
+                          "rename the stage")
     node.check_keys(_STAGE_KEYS, required=("blueprint", "output"))
     partitions, fan_in = node.child("partitions"), node.child("fan_in")
     if partitions.missing and fan_in.missing:
@@ -477,11 +491,20 @@ def _load_stage(name: str, node: _Node, agents: Mapping[str, AgentConfig]) -> St
         retry_on=_load_retry_on(node.child("retry_on")),
         backoff_base_s=2.0 if base_s is None else base_s,
         backoff_cap_s=60.0 if cap_s is None else cap_s,
-        timeout_s=node.child("timeout").duration(),
+        timeout_s=_positive_duration(node.child("timeout")),
         max_cost_usd=node.child("max_cost_usd").positive_float(optional=True),
         vars=stage_vars,
         line=node.line,
+        lines=MappingProxyType(node.key_lines()),
     )
+
+
+def _positive_duration(node: _Node) -> float | None:
+    seconds = node.duration()
+    if seconds is not None and seconds <= 0:
+        raise ConfigError(f"{node.where} expected a duration > 0, got {node.value!r}",
+                          "omit the key for no timeout")
+    return seconds
 
 
 def _load_source(node: _Node) -> PartitionSource:
