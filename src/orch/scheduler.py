@@ -297,7 +297,7 @@ class Scheduler:
                 self._clean_if_dead(partition)
             return self._not_selected(partition, state, why)
         lock = PartitionLock(self.ws.root, stage.name, partition.id)
-        if not lock.try_acquire(self.options.wait_locks_s):
+        if not await _acquire(lock, self.options.wait_locks_s):
             reason = "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
             self.log.emit("skipped", stage=stage.name, partition=partition.id, reason=reason)
             return Outcome(stage.name, partition.id, "held", reason)
@@ -681,6 +681,19 @@ class Scheduler:
             return f"halted: stage budget max_cost_usd {stage.max_cost_usd:g} reached (spent {spent:.4f})"
         return None
 
+
+
+async def _acquire(lock: PartitionLock, wait_s: float) -> bool:
+    """Take `lock`, polling for up to `wait_s` seconds without blocking the event loop
+    (so Ctrl-C and other partitions' timeouts still work while waiting)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while not lock.try_acquire():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.25)
+    return True
 
 
 def _make_staging(out_dir: Path, number: int) -> Path:
