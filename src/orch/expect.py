@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,19 @@ class SchemaStore:
                 ) from None
             except (OSError, ValueError) as err:
                 raise ConfigError(f"{rel}: cannot read JSON schema: {err}") from err
-            cls = jsonschema.validators.validator_for(schema)
+            if not isinstance(schema, dict | bool | list):
+                raise ConfigError(
+                    f"{rel}: invalid JSON Schema: expected an object, got {type(schema).__name__}"
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", DeprecationWarning)
+                try:
+                    cls = jsonschema.validators.validator_for(schema)
+                except DeprecationWarning:
+                    raise ConfigError(
+                        f"{rel}: invalid JSON Schema: unknown $schema {schema.get('$schema')!r}",
+                        "use https://json-schema.org/draft/2020-12/schema, or omit $schema",
+                    ) from None
             try:
                 cls.check_schema(schema)
             except jsonschema.SchemaError as err:
@@ -123,7 +136,8 @@ def check_outputs(
         for name in names:
             findings.extend(_check_file(directory, name, rule, schemas, known))
     if known is None:
-        findings.extend(_check_symlinks(Path(directory)))
+        seen = {(f.file, f.rule) for f in findings}
+        findings.extend(f for f in _check_symlinks(Path(directory)) if (f.file, f.rule) not in seen)
     return findings
 
 

@@ -70,6 +70,10 @@ class ExpectRule:
     json: bool = False
     schema: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.schema is not None and not self.json:
+            object.__setattr__(self, "json", True)  # a schema implies valid JSON
+
     @property
     def target(self) -> str:
         """The file name or glob this rule checks."""

@@ -72,7 +72,8 @@ class RunLog:
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Return the events of an events.jsonl file, skipping a torn last line."""
     events = []
-    with open(path, encoding="utf-8") as handle:
+    # errors="replace": a line torn inside a multi-byte character is skipped, not fatal
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
                 events.append(json.loads(line))

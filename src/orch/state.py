@@ -174,7 +174,12 @@ def list_attempts(root: Path, stage: str, partition: str) -> list[tuple[int, Pat
         names = os.listdir(base)
     except FileNotFoundError:
         return []
-    return sorted((int(n), base / n) for n in names if n.isdigit())
+    found = []
+    for name in names:  # "<n>", or "<n>-<suffix>" when a number was archived twice
+        head = name.split("-", 1)[0]
+        if head.isdigit():
+            found.append((int(head), name, base / name))
+    return [(n, path) for n, _, path in sorted(found)]
 
 
 def read_error(attempt_dir: Path) -> dict[str, Any] | None:
@@ -217,7 +222,7 @@ def collect_outputs(directory: Path) -> list[OutputFile]:
                 if entry.is_symlink():
                     continue
                 if entry.is_dir():
-                    if not (base == str(directory) and entry.name == META_DIR):
+                    if entry.name != META_DIR:  # as the expect globs: .orch/ at any depth
                         pending.append(entry.path)
                 elif entry.is_file():
                     st = entry.stat()
@@ -278,6 +283,7 @@ def promote(root: Path, staging: Path, out_dir: Path, manifest: Manifest) -> Non
     """
     # The staging directory is invisible to readers until renamed, so its files
     # need no temp-and-rename of their own: one fsync pass covers them all.
+    (staging / META_DIR).mkdir(exist_ok=True)  # an agent may have deleted it
     (staging / META_DIR / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     _fsync_tree(staging)
     if os.path.lexists(out_dir):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -69,18 +70,57 @@ class RehearsalBackend:
         """Nothing to release."""
 
 
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_GLOB_TOKEN = re.compile(r"\*|\?|\[!?\]?[^\]]*\]|[^*?\[]+")
+
+
 def _names(rule: ExpectRule) -> list[str]:
+    """Return `min_count` distinct file names matching the rule's glob (or its file)."""
     if rule.file is not None:
         return [rule.file]
     pattern = str(rule.glob).replace("**/", "")
+    tokens = _GLOB_TOKEN.findall(pattern)
     names = []
-    for index in range(1, rule.min_count + 1):
-        name = re.sub(r"\[!?([^\]])[^\]]*\]", r"\1", pattern)
-        name = name.replace("*", f"rehearsal-{index}", 1).replace("*", "").replace("?", "x")
-        if not fnmatch.fnmatch(name, str(rule.glob)) and "**" not in str(rule.glob):
-            raise ConfigError(f"rehearsal cannot make a file name matching {rule.glob!r}")
+    for index in range(rule.min_count):
+        name = "".join(_fill(token, index) for token in tokens)
         names.append(name)
+    if len(set(names)) < len(names) or not all(
+        fnmatch.fnmatch(n, str(rule.glob)) or "**" in str(rule.glob) for n in names
+    ):
+        raise ConfigError(
+            f"rehearsal cannot make {rule.min_count} distinct file names matching {rule.glob!r}",
+            "use a '*' in the glob, or a real agent",
+        )
     return names
+
+
+def _fill(token: str, index: int) -> str:
+    if token == "*":
+        return f"rehearsal-{index + 1}"
+    if token == "?":
+        return _ALPHABET[index % len(_ALPHABET)]
+    if token.startswith("[") and token.endswith("]") and len(token) > 2:
+        negated = token[1] in "!^"
+        body = token[2:-1] if negated else token[1:-1]
+        chars = _class_chars(body)
+        if negated:
+            chars = [c for c in _ALPHABET if c not in chars]
+        return chars[index % len(chars)] if chars else "x"
+    return token
+
+
+def _class_chars(body: str) -> list[str]:
+    chars: list[str] = []
+    position = 0
+    while position < len(body):
+        if position + 2 < len(body) and body[position + 1] == "-":
+            start, end = body[position], body[position + 2]
+            chars += [chr(c) for c in range(ord(start), ord(end) + 1)]
+            position += 3
+        else:
+            chars.append(body[position])
+            position += 1
+    return sorted(set(chars))
 
 
 def _content(name: str, rule: ExpectRule, spec: AttemptSpec, schemas: SchemaStore) -> str:
@@ -101,15 +141,17 @@ def _content(name: str, rule: ExpectRule, spec: AttemptSpec, schemas: SchemaStor
 
 
 def _open(schema: Any) -> bool:
-    return isinstance(schema, dict) and schema.get("additionalProperties", True) is not False
+    """True if a placeholder label key may be added (additionalProperties absent or true)."""
+    return isinstance(schema, dict) and schema.get("additionalProperties", True) is True
 
 
 def example_instance(schema: Any, label: str, name: str = "") -> Any:
     """Return a small value valid against `schema` (the keywords rehearsal supports).
 
-    Supports type, properties, required, additionalProperties, items, minItems,
-    enum, const, minimum/maximum, minLength, default. Strings say they are
-    placeholders; a property named `id` gets `label` (the partition id).
+    Supports type, properties, required (also keys with no `properties` entry),
+    additionalProperties, items, minItems, enum, const, minimum/maximum and
+    their exclusive forms, minLength. Strings say they are placeholders; a
+    property named `id` gets `label` (the partition id).
     """
     if not isinstance(schema, dict):
         return None
@@ -121,18 +163,42 @@ def example_instance(schema: Any, label: str, name: str = "") -> Any:
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
-        props = schema.get("properties", {})
+        props = dict(schema.get("properties", {}))
+        extra = schema.get("additionalProperties", True)
+        for key in schema.get("required", []):
+            props.setdefault(key, extra if isinstance(extra, dict) else {"type": "string"})
         return {key: example_instance(sub, label, key) for key, sub in props.items()}
     if kind == "array":
         count = max(int(schema.get("minItems", 1)), 1)
         return [example_instance(schema.get("items", {"type": "string"}), label, name)] * count
     if kind in ("integer", "number"):
-        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
-        value = low + 1 if "exclusiveMinimum" in schema and "minimum" not in schema else low
-        return int(value) if kind == "integer" else float(value)
+        return _number(schema, kind == "integer")
     if kind == "boolean":
         return False
     if kind == "null":
         return None
     text = label if name == "id" else f"rehearsal placeholder ({name or 'value'})"
     return text.ljust(int(schema.get("minLength", 0)), ".")
+
+
+def _number(schema: dict[str, Any], integer: bool) -> int | float:
+    """The smallest allowed value near 0 within the inclusive and exclusive bounds."""
+    lows = [schema["minimum"]] if "minimum" in schema else []
+    lows += [schema["exclusiveMinimum"] + 1] if "exclusiveMinimum" in schema else []
+    highs = [schema["maximum"]] if "maximum" in schema else []
+    highs += [schema["exclusiveMaximum"] - 1] if "exclusiveMaximum" in schema else []
+    low, high = (max(lows) if lows else None), (min(highs) if highs else None)
+    if low is not None and high is not None and low > high and not integer:
+        # a narrow real interval: its midpoint is inside every bound
+        bottom = max([schema.get("minimum", float("-inf")), schema.get("exclusiveMinimum", float("-inf"))])
+        top = min([schema.get("maximum", float("inf")), schema.get("exclusiveMaximum", float("inf"))])
+        value = (bottom + top) / 2
+    elif low is not None:
+        value = low
+    elif high is not None:
+        value = min(0, high)
+    else:
+        value = 0
+    if integer:
+        value = math.ceil(value)
+    return int(value) if integer else float(value)
