@@ -195,8 +195,10 @@ def render_blueprint(blueprint: Blueprint, values: Mapping[str, Any], context: s
         hint = "fix the expression at that line"
         missing = re.search(r"has no attribute '([^']+)'", str(err))
         if missing:
-            hint = (f"'{missing.group(1)}' is not a field there; for INPUTS use child.id, "
-                    "child.params.NAME, child.out_dir, child.files or child.read('file')")
+            hint = (
+                f"'{missing.group(1)}' is not a field there; for INPUTS use child.id, "
+                "child.params.NAME, child.out_dir, child.files or child.read('file')"
+            )
         raise BlueprintError(f"{blueprint.path}:{line}: cannot render: {err}{where}", hint) from err
 
 

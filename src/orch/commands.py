@@ -235,6 +235,13 @@ class RunResult:
                 "run the same command again to resume",
             )
         bad = [o for o in summary.outcomes if o.status in ("failed", "blocked", "halted", "interrupted")]
+        if bad and all(o.status == "halted" for o in bad):
+            raise PartitionsFailed(
+                f"{len(bad)} of {len(summary.outcomes)} partitions were not started: "
+                f"{summary.halted or bad[0].reason}",
+                "run the same command again to continue (raise max_cost_usd in orch.yaml if a "
+                "budget stopped the run)",
+            )
         if bad:
             first = bad[0]
             raise PartitionsFailed(

@@ -162,8 +162,13 @@ def _load_cached(path: Path, label: str, cache_dir: Path) -> Any:
     if st.st_size < CACHE_MIN_BYTES:
         return _parse_document(path, label, path.suffix.lower())
     key = hashlib.sha256(
-        b"|".join([_CACHE_VERSION, os.fsencode(os.path.abspath(path)),
-                   *(str(v).encode() for v in (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))])
+        b"|".join(
+            [
+                _CACHE_VERSION,
+                os.fsencode(os.path.abspath(path)),
+                *(str(v).encode() for v in (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)),
+            ]
+        )
     ).hexdigest()
     cache = cache_dir / f"{key}.pickle"
     with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):

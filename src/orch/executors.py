@@ -2,24 +2,33 @@
 
 The scheduler owns staging directories, checks and promotion on the shared
 filesystem; an executor only runs one attempt of an agent and reports how it
-ended. `LocalExecutor` runs it here, one backend instance per agent, under the
-agent's own concurrency limit.
+ended. `LocalExecutor` runs it here, one backend instance and one
+`AgentLimiter` (adaptive concurrency, requests per minute, cool-down after a
+429) per agent.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from orch.backends import AttemptResult, AttemptSpec, Backend, create_backend
 from orch.project import AgentConfig
+from orch.ratelimit import AgentLimiter
 
 
 class Executor(Protocol):
     """Runs one attempt of an agent somewhere that shares the project's filesystem."""
 
-    async def run(self, agent: AgentConfig, spec: AttemptSpec) -> AttemptResult:
-        """Run `spec` with `agent`; cancelling must stop the agent before returning."""
+    async def run(
+        self, agent: AgentConfig, spec: AttemptSpec, on_start: Callable[[], None] | None = None
+    ) -> AttemptResult:
+        """Run `spec` with `agent`; call `on_start` when the attempt really starts.
+
+        `spec.timeout_s` counts from then; on expiry raise TimeoutError. Cancelling
+        must stop the agent before returning.
+        """
         ...
 
     def limit_of(self, agent: AgentConfig) -> int | None:
@@ -32,37 +41,68 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Runs attempts on this machine: one backend per agent, shared by partitions."""
+    """Runs attempts on this machine: one backend and one limiter per agent.
+
+    A backend that sends several requests per attempt (the `openai` backend in
+    tools mode) may define `use_limiter(limiter)`; it is then given the
+    agent's limiter and calls `limiter.pace()` before each request. Otherwise
+    the executor paces once per attempt.
+    """
 
     def __init__(self) -> None:
         self._backends: dict[str, Backend] = {}
-        self._limits: dict[str, asyncio.Semaphore] = {}
-        self._sizes: dict[str, int] = {}
+        self._limiters: dict[str, AgentLimiter] = {}
+        self._self_paced: set[str] = set()
+
+    def _limiter(self, agent: AgentConfig) -> AgentLimiter:
+        if agent.name not in self._limiters:
+            concurrency = agent.settings.get("max_concurrency")
+            rate = agent.settings.get("requests_per_minute")
+            self._limiters[agent.name] = AgentLimiter(
+                int(concurrency) if concurrency else None, float(rate) if rate else None
+            )
+        return self._limiters[agent.name]
 
     def _backend(self, agent: AgentConfig) -> Backend:
         if agent.name not in self._backends:
-            self._backends[agent.name] = create_backend(agent)
-            limit = agent.settings.get("max_concurrency")
-            if limit:
-                self._limits[agent.name] = asyncio.Semaphore(int(limit))
-                self._sizes[agent.name] = int(limit)
+            backend = create_backend(agent)
+            use_limiter = getattr(backend, "use_limiter", None)
+            if callable(use_limiter):
+                use_limiter(self._limiter(agent))
+                self._self_paced.add(agent.name)
+            self._backends[agent.name] = backend
         return self._backends[agent.name]
 
     def limit_of(self, agent: AgentConfig) -> int | None:
-        """Return the agent's `max_concurrency`, or None when unlimited."""
-        limiter = getattr(self._backends.get(agent.name), "current_limit", None)
-        if callable(limiter):
-            return limiter()  # type: ignore[no-any-return]
-        return self._sizes.get(agent.name)
+        """Return the agent's concurrency limit now (AIMD-adjusted), or None when unlimited."""
+        return self._limiter(agent).current_limit()
 
-    async def run(self, agent: AgentConfig, spec: AttemptSpec) -> AttemptResult:
-        """Run `spec` with `agent`'s backend, within its `max_concurrency`."""
+    async def run(
+        self, agent: AgentConfig, spec: AttemptSpec, on_start: Callable[[], None] | None = None
+    ) -> AttemptResult:
+        """Run `spec` with `agent`'s backend once the agent's limiter admits it.
+
+        `on_start` is called at admission; `spec.timeout_s` runs from there
+        (TimeoutError propagates, after the backend stopped the agent).
+
+        The limiter learns from the result: a success may raise the agent's
+        concurrency, a 429 halves it and makes the agent cool down.
+        """
         backend = self._backend(agent)
-        limit = self._limits.get(agent.name)
-        if limit is None:
-            return await backend.run(spec)
-        async with limit:
-            return await backend.run(spec)
+        limiter = self._limiter(agent)
+        async with limiter.attempt() as ticket:
+            if agent.name not in self._self_paced:
+                await limiter.pace()
+            if on_start is not None:
+                on_start()
+            # the timeout starts once admitted: waiting out another attempt's
+            # Retry-After must not use up this attempt's time
+            if spec.timeout_s:
+                result = await asyncio.wait_for(backend.run(spec), spec.timeout_s)
+            else:
+                result = await backend.run(spec)
+            limiter.record(ticket, result.ok, result.error_class, result.retry_after_s)
+        return result
 
     async def aclose(self) -> None:
         """Close every backend created."""

@@ -214,8 +214,9 @@ def _check_symlinks(directory: Path) -> list[Finding]:
                     target = os.path.realpath(entry.path)
                     if not _inside(directory, target):
                         rel = os.path.relpath(entry.path, directory)
-                        findings.append(Finding(rel, "symlink",
-                                                f"symlink points outside the partition: {target}"))
+                        findings.append(
+                            Finding(rel, "symlink", f"symlink points outside the partition: {target}")
+                        )
                 elif entry.is_dir():
                     pending.append(entry.path)
     return sorted(findings, key=lambda f: f.file)

@@ -366,7 +366,6 @@ class PartitionIndex:
             self._ancestors[parent] = (stage, pid)
             parent = os.path.dirname(parent)
 
-
     def _check_symlinks(self, norm: str, rel: str, pid: str, label: str) -> None:
         parent, name = os.path.split(norm)
         if parent not in self._resolved_parents:

@@ -406,8 +406,9 @@ def _load_agents(node: _Node, validate_agent: Any) -> tuple[dict[str, AgentConfi
             default = child.string()
             continue
         if not _NAME.match(name):
-            raise ConfigError(f"{child.where} agent name {name!r} must be letters, digits, '_' or '-'",
-                              "rename the agent")
+            raise ConfigError(
+                f"{child.where} agent name {name!r} must be letters, digits, '_' or '-'", "rename the agent"
+            )
         agents[name] = validate_agent(name, child.value, child.where, child.line)
     if not agents:
         raise node.fail("at least one agent, e.g. offline: {backend: rehearsal}")
@@ -450,8 +451,9 @@ def _load_stages(node: _Node, agents: Mapping[str, AgentConfig]) -> dict[str, St
 
 def _load_stage(name: str, node: _Node, agents: Mapping[str, AgentConfig]) -> Stage:
     if not _NAME.match(name):
-        raise ConfigError(f"{node.where} stage name {name!r} must be letters, digits, '_' or '-'",
-                          "rename the stage")
+        raise ConfigError(
+            f"{node.where} stage name {name!r} must be letters, digits, '_' or '-'", "rename the stage"
+        )
     node.check_keys(_STAGE_KEYS, required=("blueprint", "output"))
     partitions, fan_in = node.child("partitions"), node.child("fan_in")
     if partitions.missing and fan_in.missing:
@@ -506,8 +508,9 @@ def _load_stage(name: str, node: _Node, agents: Mapping[str, AgentConfig]) -> St
 def _positive_duration(node: _Node) -> float | None:
     seconds = node.duration()
     if seconds is not None and seconds <= 0:
-        raise ConfigError(f"{node.where} expected a duration > 0, got {node.value!r}",
-                          "omit the key for no timeout")
+        raise ConfigError(
+            f"{node.where} expected a duration > 0, got {node.value!r}", "omit the key for no timeout"
+        )
     return seconds
 
 

@@ -160,6 +160,7 @@ class Scheduler:
         self._stage_sizes: dict[str, int] = {}
         self._stage_done: dict[str, list[Outcome]] = {}
         self._barriers: dict[str, BarrierReport] = {}
+        self._stage_halted: set[str] = set()
 
     # -- public ---------------------------------------------------------------
 
@@ -208,7 +209,9 @@ class Scheduler:
             self._remove_signals(loop)
             await self.executor.aclose()
         summary.interrupted = self._stopping
-        summary.halted = self._halted
+        summary.halted = self._halted or next(
+            (o.reason for o in summary.outcomes if o.status == "halted"), None
+        )
         summary.duration_s = round(time.monotonic() - started, 3)
         self.log.emit(
             "run_finished",
@@ -280,8 +283,14 @@ class Scheduler:
         self.log.emit("stage_finished", stage=outcome.stage, counts=counts)
         report = check_barrier(self.ws, outcome.stage, self.options.agent, only=self.options.only)
         self._barriers[outcome.stage] = report
-        self.log.emit("barrier", stage=outcome.stage, met=report.met, complete=report.complete,
-                      total=report.total, missing=[e.__dict__ for e in report.entries[:20]])
+        self.log.emit(
+            "barrier",
+            stage=outcome.stage,
+            met=report.met,
+            complete=report.complete,
+            total=report.total,
+            missing=[e.__dict__ for e in report.entries[:20]],
+        )
 
     async def _partition(self, partition: Partition) -> Outcome:
         stage = self.ws.project.stage(partition.stage)
@@ -413,12 +422,20 @@ class Scheduler:
                     partition, stage, agent, state, number, why if index == 0 else "retry"
                 )
                 number = int(staging.name.rsplit("-", 1)[1])
+                # budgets and --halt-on must see this attempt before its slot goes
+                # to the next partition
+                self._add_cost(stage, result.usage)
+                final_failure = not result.ok and (
+                    index == stage.retries or not self._is_retryable(stage, result)
+                )
+                if final_failure:
+                    self._failed_count += 1
+                    self._check_halt()
             usage_total = (
                 result.usage
                 if usage_total is None
                 else (usage_total + result.usage if result.usage else usage_total)
             )
-            self._add_cost(stage, result.usage)
             record = {
                 "n": number,
                 "started_at": round(started, 3),
@@ -457,7 +474,7 @@ class Scheduler:
             archive = await asyncio.to_thread(
                 archive_attempt, self.ws.root, stage.name, partition.id, staging, record
             )
-            if not self._is_retryable(stage, result) or index == stage.retries:
+            if final_failure:
                 return self._failed(partition, stage, history, archive, usage_total)
             delay = self._backoff(stage, index + 1, result.retry_after_s)
             self.log.emit(
@@ -500,20 +517,20 @@ class Scheduler:
             timeout_s=stage.timeout_s,
         )
         spec.log_path.touch()
-        self.log.emit(
-            "started",
-            stage=stage.name,
-            partition=partition.id,
-            attempt=number,
-            agent=agent.name,
-            reason=why,
-            limit=self.executor.limit_of(agent),
-        )
+
+        def started() -> None:
+            self.log.emit(
+                "started",
+                stage=stage.name,
+                partition=partition.id,
+                attempt=number,
+                agent=agent.name,
+                reason=why,
+                limit=self.executor.limit_of(agent),
+            )
+
         try:
-            if stage.timeout_s:
-                result = await asyncio.wait_for(self.executor.run(agent, spec), stage.timeout_s)
-            else:
-                result = await self.executor.run(agent, spec)
+            result = await self.executor.run(agent, spec, started)
         except TimeoutError:
             result = AttemptResult(False, f"timeout after {_human_s(stage.timeout_s or 0)}", "timeout")
         except asyncio.CancelledError:
@@ -583,7 +600,6 @@ class Scheduler:
         usage: Usage | None,
     ) -> Outcome:
         last = history[-1]
-        self._failed_count += 1
         reason = f"failed in attempt {last['n']}: {last['error']}"
         log = archive.relative_to(self.ws.root) / META_DIR / AGENT_LOG
         self.log.emit(
@@ -601,7 +617,6 @@ class Scheduler:
             f"last: {last['error']} (attempt {last['n']}). Log: `{log}`",
             "failures",
         )
-        self._check_halt()
         return Outcome(
             stage.name,
             partition.id,
@@ -678,9 +693,15 @@ class Scheduler:
             return self._halted
         spent = self._cost_stage.get(stage.name, 0.0)
         if stage.max_cost_usd is not None and spent >= stage.max_cost_usd:
-            return f"halted: stage budget max_cost_usd {stage.max_cost_usd:g} reached (spent {spent:.4f})"
+            reason = (
+                f"halted: stage {stage.name} budget max_cost_usd {stage.max_cost_usd:g} reached "
+                f"(spent {spent:.4f})"
+            )
+            if stage.name not in self._stage_halted:
+                self._stage_halted.add(stage.name)
+                self.log.emit("halted", stage=stage.name, reason=reason)
+            return reason
         return None
-
 
 
 async def _acquire(lock: PartitionLock, wait_s: float) -> bool:
@@ -719,4 +740,3 @@ def _human_s(seconds: float) -> str:
         minutes = int(seconds // 60)
         return f"{minutes // 60}h{minutes % 60}m" if minutes >= 60 else f"{minutes}m"
     return f"{seconds:g}s"
-

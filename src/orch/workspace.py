@@ -49,8 +49,13 @@ class Fingerprint:
 
     def parts(self) -> dict[str, Any]:
         """Return the parts as stored in the manifest (with row/vars/blueprint)."""
-        return {"prompt": self.prompt, "agent": self.agent, "expect": self.expect,
-                "inputs": dict(self.inputs), **self.explain()}
+        return {
+            "prompt": self.prompt,
+            "agent": self.agent,
+            "expect": self.expect,
+            "inputs": dict(self.inputs),
+            **self.explain(),
+        }
 
 
 class InputView:
@@ -188,16 +193,21 @@ class Workspace:
         agent_hash = self._cached(("agent", agent.name), lambda: digest(fingerprint_settings(agent)))
         expect_hash = self._cached(("expect", stage.name), lambda: self._expect_digest(stage))
         # Hash of hashes joined by NUL: no JSON encoding in the status hot path.
-        value = digest("\0".join([prompt_hash, agent_hash, expect_hash,
-                                  *(f"{k}={v}" for k, v in sorted(inputs.items()))]))
+        value = digest(
+            "\0".join(
+                [prompt_hash, agent_hash, expect_hash, *(f"{k}={v}" for k, v in sorted(inputs.items()))]
+            )
+        )
 
         def explain() -> dict[str, str]:
             return {
                 "row": digest(dict(partition.row)),
-                "vars": self._cached(("vars", stage.name),
-                                     lambda: digest({**self.project.vars, **stage.vars})),
-                "blueprint": self._cached(("blueprint", stage.name),
-                                          lambda: digest(self.blueprint(stage).digest_source)),
+                "vars": self._cached(
+                    ("vars", stage.name), lambda: digest({**self.project.vars, **stage.vars})
+                ),
+                "blueprint": self._cached(
+                    ("blueprint", stage.name), lambda: digest(self.blueprint(stage).digest_source)
+                ),
             }
 
         return Fingerprint(value, prompt_hash, agent_hash, expect_hash, inputs, explain)

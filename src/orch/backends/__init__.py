@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
@@ -61,12 +61,26 @@ class AttemptSpec:
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens and cost an attempt reported; None where the agent did not say."""
+    """Tokens and cost an attempt reported; None where the agent did not say.
+
+    Attributes:
+        input_tokens: Every input token the model read, cached ones included
+            (summed over all requests of the attempt).
+        output_tokens: Tokens the model generated.
+        cost_usd: Cost in US dollars, reported by the agent or computed from
+            configured prices; None when unknown (never guessed).
+        num_turns: Model calls (agentic turns) the attempt took.
+        cached_input_tokens: The share of `input_tokens` served from a prompt cache.
+        cache_creation_tokens: The share of `input_tokens` written to a prompt
+            cache (Anthropic bills these apart).
+    """
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float | None = None
     num_turns: int | None = None
+    cached_input_tokens: int | None = None
+    cache_creation_tokens: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the non-None fields as a JSON-ready dict."""
@@ -76,10 +90,10 @@ class Usage:
         def add(a: Any, b: Any) -> Any:
             return b if a is None else a if b is None else a + b
 
-        return Usage(*(add(getattr(self, f), getattr(other, f)) for f in _USAGE_FIELDS))
+        return Usage(**{f: add(getattr(self, f), getattr(other, f)) for f in _USAGE_FIELDS})
 
 
-_USAGE_FIELDS = ("input_tokens", "output_tokens", "cost_usd", "num_turns")
+_USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 @dataclass(frozen=True)
@@ -162,7 +176,7 @@ def validate_agent(name: str, raw: Any, where: str, line: int) -> AgentConfig:
 
 def create_backend(agent: AgentConfig) -> Backend:
     """Return a new backend instance for `agent` (one per agent per run)."""
-    return _module(agent.backend).create(agent)  # type: ignore[no-any-return]
+    return _module(agent.backend).create(agent)
 
 
 def fingerprint_settings(agent: AgentConfig) -> dict[str, Any]:

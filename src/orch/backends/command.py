@@ -5,6 +5,12 @@ The agent runs in the attempt's staging directory, in its own process group
 on stdin (or as an argument, or a file path), stdin otherwise `/dev/null`,
 stdout and stderr appended to `.orch/agent.log`, and `ORCH_*` variables in
 its environment (DESIGN.md §6). Exit 0 alone never proves success.
+
+Presets (`preset: claude | codex | llm`) fill in the command, the usage
+parser and the environment of a known agent CLI; explicit keys override them.
+A usage parser (`orch.backends.usage`) reads tokens, cost and the agent's own
+error report from the log; `reply_file` captures stdout into an output file
+for CLIs that print their reply (`llm`).
 """
 
 from __future__ import annotations
@@ -18,28 +24,83 @@ import signal
 from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec
-from orch.errors import ConfigError
+from orch.backends.usage import PARSERS, AgentReport, parse_report
+from orch.errors import ConfigError, did_you_mean
 from orch.project import AgentConfig, parse_duration
 
 SETTINGS = {
     "command": "argv list (or a shell-style string) of the agent CLI",
+    "preset": "claude, codex or llm: defaults for command, usage, prompt_via and env",
+    "args": "extra arguments added to the command (before a final '-'), e.g. [--model, opus]",
+    "usage": "parser for tokens, cost and errors in the output: claude-json, codex-json or none",
+    "reply_file": "file in the output directory that receives the agent's stdout (for llm)",
     "prompt_via": "stdin (default), arg (last argument or {prompt}), or file "
     "(path as last argument or {prompt_file})",
     "env": "extra environment variables (mapping of strings)",
     "kill_grace": "seconds between SIGTERM and SIGKILL (default 5s)",
 }
-NOT_FINGERPRINTED = frozenset({"kill_grace"})
+#: `usage` and `preset` only change how orch reads the run (the preset's
+#: expansion — command, env — is fingerprinted itself).
+NOT_FINGERPRINTED = frozenset({"kill_grace", "usage", "preset"})
 PROMPT_VIA = ("stdin", "arg", "file")
+#: Known agent CLIs run headless. Sources: `claude -p --output-format json`
+#: prints one result object (Claude Code docs, "Run Claude Code
+#: programmatically"); DISABLE_TELEMETRY and
+#: CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC switch off telemetry and other
+#: non-essential traffic (Claude Code docs, "Environment variables");
+#: `--permission-mode acceptEdits` lets it write files without asking.
+#: `codex exec --json` prints JSONL events and reads the prompt from stdin when
+#: it is "-"; it refuses to run outside a git repository without
+#: `--skip-git-repo-check` and is read-only without `--sandbox workspace-write`
+#: (Codex docs, "Non-interactive mode"). `llm` reads the prompt from stdin and
+#: prints the reply; `--no-log` keeps it out of llm's own SQLite log.
+PRESETS: dict[str, dict[str, Any]] = {
+    "claude": {
+        "command": ("claude", "-p", "--output-format", "json", "--permission-mode", "acceptEdits"),
+        "usage": "claude-json",
+        "prompt_via": "stdin",
+        "env": {"DISABLE_TELEMETRY": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"},
+    },
+    "codex": {
+        "command": (
+            "codex", "exec", "--json", "--skip-git-repo-check", "--sandbox", "workspace-write", "-",
+        ),
+        "usage": "codex-json",
+        "prompt_via": "stdin",
+        "env": {},
+    },
+    "llm": {"command": ("llm", "--no-log"), "usage": "none", "prompt_via": "stdin", "env": {}},
+}  # fmt: skip
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL_BYTES = 4096
+_CHUNK_BYTES = 65536
 
 
 def normalize(settings: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate command settings into canonical form (argv as a tuple).
+    """Validate command settings into canonical form (argv as a tuple, preset expanded).
+
+    A preset fills `command`, `usage`, `prompt_via` and `env` where they are
+    not given (explicit `env` entries override the preset's one by one);
+    `args` are then added to the command, before a final "-" (stdin marker).
 
     Raises:
-        ConfigError: a missing/empty command, unknown prompt_via, bad env or grace.
+        ConfigError: an unknown preset or usage parser, a missing/empty command,
+            unknown prompt_via, bad args, env, grace or reply_file, or the llm
+            preset without reply_file.
     """
+    preset = settings.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(
+                f"{where} preset: unknown preset {preset!r}{did_you_mean(str(preset), PRESETS)}",
+                f"presets: {', '.join(PRESETS)}",
+            )
+        defaults = PRESETS[preset]
+        for key in ("command", "usage", "prompt_via"):
+            settings.setdefault(key, defaults[key])
+        env = settings.get("env", {})
+        if isinstance(env, dict):
+            settings["env"] = {**defaults["env"], **env}
     command = settings.get("command")
     if isinstance(command, str):
         command = shlex.split(command)
@@ -50,18 +111,63 @@ def normalize(settings: dict[str, Any], where: str) -> dict[str, Any]:
     ):
         raise ConfigError(
             f"{where} command: expected a list like [claude, -p, --output-format, json]",
-            "give the agent CLI and its arguments as a YAML list",
+            "give the agent CLI and its arguments as a YAML list, or a preset: claude, codex or llm",
         )
-    settings["command"] = tuple(str(a) for a in command)
+    argv = tuple(str(a) for a in command)
+    if "args" in settings:
+        args = settings["args"]
+        if isinstance(args, str):
+            args = shlex.split(args)
+        if not isinstance(args, list | tuple) or not all(isinstance(a, str | int | float) for a in args):
+            raise ConfigError(f"{where} args: expected a list of arguments like [--model, opus]")
+        settings["args"] = tuple(str(a) for a in args)
+        extra = settings["args"]
+        argv = (*argv[:-1], *extra, "-") if argv[-1] == "-" else (*argv, *extra)
+    settings["command"] = argv
     via = settings.setdefault("prompt_via", "stdin")
     if via not in PROMPT_VIA:
         raise ConfigError(f"{where} prompt_via: expected one of {', '.join(PROMPT_VIA)}, got {via!r}")
+    usage = settings.get("usage", "none")
+    if usage not in PARSERS:
+        raise ConfigError(
+            f"{where} usage: unknown parser {usage!r}{did_you_mean(str(usage), PARSERS)}",
+            f"parsers: {', '.join(PARSERS)}",
+        )
     env = settings.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
         raise ConfigError(f"{where} env: expected a mapping of NAME: value")
     settings["env"] = {k: str(v) for k, v in env.items()}
     settings["kill_grace"] = parse_duration(settings.get("kill_grace", 5), f"{where} kill_grace")
+    if "reply_file" in settings:
+        settings["reply_file"] = check_relative_file(settings["reply_file"], f"{where} reply_file")
+    elif preset == "llm":
+        raise ConfigError(
+            f"{where} reply_file: the llm preset prints its reply on stdout, so it needs reply_file",
+            "name the output file that receives the reply, e.g. reply_file: findings.md",
+        )
     return settings
+
+
+def check_relative_file(value: Any, where: str) -> str:
+    """Return `value` if it is a safe file path inside an output directory.
+
+    Raises:
+        ConfigError: not a string, empty, absolute, with `..`, a NUL, or inside `.orch/`.
+    """
+    parts = value.replace("\\", "/").split("/") if isinstance(value, str) else []
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or value.startswith("/")
+        or "\0" in value
+        or any(part in ("", ".", "..") for part in parts)
+        or parts[0] == ".orch"
+    ):
+        raise ConfigError(
+            f"{where} expected a relative file path inside the output directory, got {value!r}",
+            "use a path like findings.md or notes/summary.md (no '..', not under .orch/)",
+        )
+    return value
 
 
 def create(agent: AgentConfig) -> CommandBackend:
@@ -85,6 +191,8 @@ class CommandBackend:
         self.prompt_via: str = agent.settings.get("prompt_via", "stdin")
         self.env: dict[str, str] = dict(agent.settings.get("env", {}))
         self.kill_grace_s: float = float(agent.settings.get("kill_grace", 5.0))
+        self.usage: str = agent.settings.get("usage", "none")
+        self.reply_file: str | None = agent.settings.get("reply_file")
 
     def argv_for(self, spec: AttemptSpec) -> list[str]:
         """Return the argv with `{prompt}` / `{prompt_file}` substituted or appended."""
@@ -123,13 +231,15 @@ class CommandBackend:
         stdin_prompt = self.prompt_via == "stdin" and not any(
             "{prompt}" in a or "{prompt_file}" in a for a in self.argv
         )
+        prompt = spec.prompt.encode("utf-8") if stdin_prompt else None
+        log_start = _size(spec.log_path)
         with open(spec.log_path, "ab") as log:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *self.argv_for(spec),
                     cwd=spec.work_dir,
                     stdin=asyncio.subprocess.PIPE if stdin_prompt else asyncio.subprocess.DEVNULL,
-                    stdout=log,
+                    stdout=asyncio.subprocess.PIPE if self.reply_file else log,
                     stderr=log,
                     env=self.env_for(spec),
                     start_new_session=True,
@@ -138,25 +248,50 @@ class CommandBackend:
             except OSError as err:
                 return AttemptResult(False, f"cannot start {self.argv[0]!r}: {err.strerror}", "agent_error")
             try:
-                await proc.communicate(spec.prompt.encode("utf-8") if stdin_prompt else None)
+                if self.reply_file:
+                    await _communicate_tee(proc, prompt, spec.work_dir / self.reply_file, log)
+                else:
+                    await proc.communicate(prompt)
             except asyncio.CancelledError:
                 await self._terminate(proc)
                 raise
             finally:
                 _kill_group(proc.pid, signal.SIGKILL)
-        return self.result(proc.returncode, spec)
+        return self.result(proc.returncode, spec, log_start)
 
-    def result(self, returncode: int | None, spec: AttemptSpec) -> AttemptResult:
-        """Turn an exit status into an AttemptResult (the log's last line as detail)."""
+    def report(self, spec: AttemptSpec, log_start: int = 0) -> AgentReport:
+        """Parse the attempt's log (from byte `log_start`) with the `usage` parser."""
+        if self.usage == "none":
+            return AgentReport()
+        try:
+            with open(spec.log_path, "rb") as handle:
+                handle.seek(log_start)
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return AgentReport()
+        return parse_report(self.usage, text)
+
+    def result(self, returncode: int | None, spec: AttemptSpec, log_start: int = 0) -> AttemptResult:
+        """Turn an exit status and the agent's own report into an AttemptResult.
+
+        The agent's report wins over exit 0: claude's `is_error: true` or a
+        failed codex turn is an `agent_error` with the agent's message. Other
+        failures carry the log's last line as detail.
+        """
+        report = self.report(spec, log_start)
+        if report.error:
+            return AttemptResult(False, report.error, "agent_error", returncode, report.usage)
         if returncode == 0:
-            return AttemptResult(True, exit_code=0)
+            if self.usage != "none" and not report.found:
+                _append(spec.log_path, f"orch: no {self.usage} output found; usage unknown\n")
+            return AttemptResult(True, exit_code=0, usage=report.usage)
         tail = _last_line(spec.log_path)
         if returncode is not None and returncode < 0:
             name = signal.Signals(-returncode).name
             error = f"killed by signal {-returncode} ({name})"
         else:
             error = f"exit code {returncode}"
-        return AttemptResult(False, f"{error}: {tail}" if tail else error, "exit", returncode)
+        return AttemptResult(False, f"{error}: {tail}" if tail else error, "exit", returncode, report.usage)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         """TERM the whole group, wait `kill_grace_s`, then KILL it."""
@@ -169,6 +304,48 @@ class CommandBackend:
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+
+async def _communicate_tee(
+    proc: asyncio.subprocess.Process, prompt: bytes | None, reply_path: Any, log: Any
+) -> None:
+    """Feed `prompt` to stdin; copy stdout to `reply_path` and to the log as it comes."""
+
+    async def feed() -> None:
+        if proc.stdin is None:
+            return
+        try:
+            if prompt:
+                proc.stdin.write(prompt)
+                await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent exited without reading its whole prompt; its exit code says why
+        finally:
+            proc.stdin.close()
+
+    async def pump(reply: Any) -> None:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(_CHUNK_BYTES):
+            reply.write(chunk)
+            log.write(chunk)
+            log.flush()
+
+    os.makedirs(os.path.dirname(reply_path), exist_ok=True)
+    with open(reply_path, "wb") as reply:
+        await asyncio.gather(feed(), pump(reply))
+    await proc.wait()
+
+
+def _size(path: Any) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _append(path: Any, text: str) -> None:
+    with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:

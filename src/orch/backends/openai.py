@@ -1,0 +1,666 @@
+"""The `openai` backend: an OpenAI-compatible Chat Completions endpoint via the official SDK.
+
+Two modes. `reply`: one request, the reply text goes to `reply_file`.
+`tools`: the model writes files through a `write_file(path, content)` tool
+confined to the staging directory, turn after turn until it stops calling
+tools or `max_turns` is reached. One SDK client per agent (never per
+request), its connection pool at least the agent's concurrency, the SDK's own
+retries off (orch retries). The transcript — requests without secrets, and
+responses — goes to `.orch/agent.log` as JSON lines.
+
+The SDK (`openai`, imported as `openai_sdk`) is imported only when a backend
+is created, so loading a config that names an openai agent stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import errno
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from orch.backends import AttemptResult, AttemptSpec, Usage
+from orch.backends.command import check_relative_file
+from orch.errors import ConfigError, did_you_mean
+from orch.project import AgentConfig, parse_duration
+from orch.ratelimit import AgentLimiter
+
+SETTINGS = {
+    "model": "model name sent with every request (required)",
+    "base_url": "endpoint, e.g. http://127.0.0.1:11434/v1 (default: the SDK's, api.openai.com)",
+    "api_key_env": "environment variable holding the API key (default OPENAI_API_KEY; "
+    "null for an endpoint without keys)",
+    "options": "request body fields sent as given: temperature, max_tokens, ... "
+    "(extra_headers: HTTP headers, kept out of the log)",
+    "mode": "reply (the reply goes to reply_file) or tools (the model calls write_file); "
+    "default: reply when reply_file is set, else tools",
+    "reply_file": "reply mode: the output file that receives the reply text",
+    "max_turns": "tools mode: most requests per attempt (default 20); then the expect rules decide",
+    "system": "system message (default: none in reply mode, a write_file instruction in tools mode)",
+    "stream": "true to stream responses (server-sent events); default false",
+    "request_timeout": "timeout of one HTTP request (default 10m)",
+    "price_per_1k_input_usd": "price of 1,000 input tokens, to compute cost (with the output price)",
+    "price_per_1k_output_usd": "price of 1,000 output tokens, to compute cost (with the input price)",
+}
+#: How orch talks to the endpoint and prices it, not what the model produces.
+NOT_FINGERPRINTED = frozenset(
+    {"api_key_env", "stream", "request_timeout", "price_per_1k_input_usd", "price_per_1k_output_usd"}
+)
+MODES = ("reply", "tools")
+DEFAULT_MAX_TURNS = 20
+DEFAULT_TIMEOUT_S = 600.0
+#: Kept-alive connections for an agent without max_concurrency (the SDK's
+#: default). Large keep-alive pools cost CPU per request in httpx (STYLE.md).
+DEFAULT_POOL = 100
+#: Body fields orch sets itself.
+RESERVED_OPTIONS = frozenset({"model", "messages", "tools", "stream", "stream_options", "n"})
+TOOLS_SYSTEM = (
+    "You run non-interactively; nobody reads your messages. Write every output file with the "
+    "write_file tool, using paths relative to your output directory (for example findings.md). "
+    "When every file is written, reply with a one-line summary and call no tool."
+)
+WRITE_FILE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "write_file",
+        "description": "Write a UTF-8 text file into your output directory, replacing it if it exists.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string", "description": "relative path, e.g. findings.md"},
+                "content": {"type": "string", "description": "the whole file content"},
+            },
+            "required": ["path", "content"],
+        },
+    },
+}
+_ERROR_CHARS = 300
+
+
+def normalize(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate openai settings into canonical form (plain values, defaults for mode and turns).
+
+    Raises:
+        ConfigError: a missing model, bad base_url, options, mode, reply_file,
+            max_turns, durations or prices.
+    """
+    model = settings.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(f"{where} model: required, e.g. model: gpt-4o-mini")
+    base_url = settings.get("base_url")
+    if base_url is not None and (not isinstance(base_url, str) or "://" not in base_url):
+        raise ConfigError(
+            f"{where} base_url: expected a URL like http://127.0.0.1:11434/v1, got {base_url!r}"
+        )
+    key_env = settings.setdefault("api_key_env", "OPENAI_API_KEY")
+    if key_env is not None and (not isinstance(key_env, str) or not key_env.strip()):
+        raise ConfigError(
+            f"{where} api_key_env: expected an environment variable name like OPENAI_API_KEY, "
+            f"got {key_env!r}",
+            "the key itself never goes in orch.yaml; null means the endpoint needs no key",
+        )
+    settings["options"] = _options(settings.get("options", {}), where)
+    mode = settings.setdefault("mode", "reply" if "reply_file" in settings else "tools")
+    if mode not in MODES:
+        hint = did_you_mean(str(mode), MODES)
+        raise ConfigError(f"{where} mode: expected reply or tools, got {mode!r}{hint}")
+    if mode == "reply":
+        if "reply_file" not in settings:
+            raise ConfigError(
+                f"{where} reply_file: reply mode writes the reply to one file; name it",
+                "e.g. reply_file: findings.md (or mode: tools to let the model write files)",
+            )
+        settings["reply_file"] = check_relative_file(settings["reply_file"], f"{where} reply_file")
+    if mode == "tools":
+        turns = settings.setdefault("max_turns", DEFAULT_MAX_TURNS)
+        if isinstance(turns, bool) or not isinstance(turns, int) or turns < 1:
+            raise ConfigError(f"{where} max_turns: expected a whole number >= 1, got {turns!r}")
+    system = settings.get("system")
+    if system is not None and not isinstance(system, str):
+        raise ConfigError(f"{where} system: expected text, got {system!r}")
+    if not isinstance(settings.get("stream", False), bool):
+        raise ConfigError(f"{where} stream: expected true or false, got {settings['stream']!r}")
+    if "request_timeout" in settings:
+        timeout = parse_duration(settings["request_timeout"], f"{where} request_timeout")
+        if timeout <= 0:
+            raise ConfigError(f"{where} request_timeout: expected a duration > 0 like 5m")
+        settings["request_timeout"] = timeout
+    prices = [k for k in ("price_per_1k_input_usd", "price_per_1k_output_usd") if k in settings]
+    for key in prices:
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{where} {key}: expected a price in USD >= 0, got {value!r}")
+        settings[key] = float(value)
+    if len(prices) == 1:
+        raise ConfigError(
+            f"{where} {prices[0]}: cost needs both price_per_1k_input_usd and price_per_1k_output_usd",
+            "give both prices, or neither (cost is then unknown)",
+        )
+    return settings
+
+
+def _plain(value: Any) -> Any:
+    """Return `value` with YAML mapping/list subclasses turned into plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _options(raw: Any, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} options: expected a mapping like {{temperature: 0.2, max_tokens: 4000}}")
+    options = _plain(raw)
+    for key in options:
+        if key in RESERVED_OPTIONS:
+            raise ConfigError(
+                f"{where} options.{key}: set by orch, not an option",
+                "use the agent's own keys: model, stream, mode",
+            )
+    return options
+
+
+def create(agent: AgentConfig) -> OpenAIBackend:
+    """Return an openai backend for `agent` (its client is made on first use)."""
+    return OpenAIBackend(agent)
+
+
+class PathRejected(Exception):
+    """A write_file path that would leave the staging directory."""
+
+
+def write_confined(root: Path, rel_path: Any, content: str) -> str:
+    """Write `content` to `root/rel_path`, refusing any path that could leave `root`.
+
+    Refused: non-strings, empty paths, absolute paths, `..`, NUL, backslashes,
+    anything under orch's `.orch/`, and symlinks anywhere on the way. The
+    walk opens each directory relative to its parent with O_NOFOLLOW (and the
+    file with O_NOFOLLOW too), so a symlink is refused by the kernel, not by a
+    check that could race. Returns the normalised relative path written.
+
+    Raises:
+        PathRejected: why the path was refused (fit to show the model).
+    """
+    if not isinstance(rel_path, str) or not rel_path.strip():
+        raise PathRejected("path must be a non-empty relative path such as findings.md")
+    if "\0" in rel_path or "\\" in rel_path:
+        raise PathRejected("path must not contain NUL or backslashes")
+    if rel_path.startswith("/") or (len(rel_path) > 1 and rel_path[1] == ":"):
+        raise PathRejected("absolute paths are not allowed; use a path relative to your output directory")
+    parts = [p for p in rel_path.split("/") if p not in ("", ".")]
+    if not parts:
+        raise PathRejected("path names no file")
+    if ".." in parts:
+        raise PathRejected("'..' is not allowed; stay inside your output directory")
+    if parts[0] == ".orch":
+        raise PathRejected(".orch/ belongs to orch; write your files elsewhere")
+    clean = "/".join(parts)
+    no_follow = getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | no_follow
+    # The staging directory itself is orch's; only what lies below it is checked.
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY) if len(parts) > 1 else None
+    try:
+        for index, part in enumerate(parts[:-1]):
+            assert dir_fd is not None
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, dir_fd=dir_fd)
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | no_follow, dir_fd=dir_fd)
+            except OSError as err:
+                where = "/".join(parts[: index + 1])
+                raise PathRejected(f"{where} is a symlink or a file, not a directory") from err
+            os.close(dir_fd)
+            dir_fd = child
+        name = parts[-1] if dir_fd is not None else os.path.join(root, parts[-1])
+        try:
+            fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.EISDIR):
+                kind = "a symlink" if err.errno == errno.ELOOP else "a directory"
+                raise PathRejected(f"{clean} is {kind}") from err
+            raise
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    return clean
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Return the wait a response asks for, in seconds, or None.
+
+    Reads `retry-after-ms` (OpenAI's, milliseconds) first, then `retry-after`
+    as seconds or as an HTTP date (RFC 9110 §10.2.3).
+    """
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(float(value) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+class _Transcript:
+    """JSON lines appended to `.orch/agent.log`: one per request, response, tool call, error."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+
+    def write(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"orch": event, **fields}, ensure_ascii=False, default=str)
+        self.handle.write(line + "\n")
+        self.handle.flush()
+
+
+class _Failure(Exception):
+    """Ends an attempt with this result (an HTTP or protocol failure)."""
+
+    def __init__(self, result: AttemptResult) -> None:
+        super().__init__(result.error)
+        self.result = result
+
+
+class OpenAIBackend:
+    """Runs attempts against one Chat Completions endpoint with one shared SDK client."""
+
+    def __init__(self, agent: AgentConfig) -> None:
+        settings = agent.settings
+        self.agent = agent
+        self.model: str = settings["model"]
+        self.base_url: str | None = settings.get("base_url")
+        self.key_env: str | None = settings.get("api_key_env", "OPENAI_API_KEY")
+        self.options: dict[str, Any] = dict(settings.get("options", {}))
+        self.headers: dict[str, str] = self.options.pop("extra_headers", None) or {}
+        self.mode: str = settings.get("mode", "tools")
+        self.reply_file: str | None = settings.get("reply_file")
+        self.max_turns: int = int(settings.get("max_turns", DEFAULT_MAX_TURNS))
+        self.system: str | None = settings.get("system", TOOLS_SYSTEM if self.mode == "tools" else None)
+        self.stream: bool = bool(settings.get("stream", False))
+        self.timeout_s: float = float(settings.get("request_timeout", DEFAULT_TIMEOUT_S))
+        self.pool_size: int | None = settings.get("max_concurrency")
+        self.prices: tuple[float, float] | None = (
+            (settings["price_per_1k_input_usd"], settings["price_per_1k_output_usd"])
+            if "price_per_1k_input_usd" in settings
+            else None
+        )
+        self._limiter: AgentLimiter | None = None
+        self._client: Any = None
+        self._sdk: Any = None
+
+    def use_limiter(self, limiter: AgentLimiter) -> None:
+        """Pace every request (not only every attempt) through the agent's limiter."""
+        self._limiter = limiter
+
+    def _get_client(self) -> Any:
+        """Return the agent's one client, creating it on first use.
+
+        Raises:
+            _Failure: the API key's environment variable is not set.
+        """
+        if self._client is not None:
+            return self._client
+        key = "unused"
+        if self.key_env:
+            key = os.environ.get(self.key_env, "")
+            if not key:
+                raise _Failure(
+                    AttemptResult(
+                        False,
+                        f"agent {self.agent.name}: environment variable {self.key_env} (api_key_env) "
+                        "is not set; export the API key in it, or set api_key_env: null for an "
+                        "endpoint without keys",
+                        "agent_error",
+                    )
+                )
+        import httpx2
+        import openai as openai_sdk
+
+        self._sdk = openai_sdk
+        timeout = httpx2.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))
+        self._client = openai_sdk.AsyncOpenAI(
+            api_key=key,
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=timeout,
+            http_client=_http_client(openai_sdk, httpx2, self.pool_size, timeout),
+        )
+        return self._client
+
+    async def run(self, spec: AttemptSpec) -> AttemptResult:
+        """Run one attempt: a reply to `reply_file`, or a write_file conversation."""
+        with open(spec.log_path, "a", encoding="utf-8") as log:
+            transcript = _Transcript(log)
+            try:
+                client = self._get_client()
+                if self.mode == "reply":
+                    return await self._reply(client, spec, transcript)
+                return await self._tools(client, spec, transcript)
+            except _Failure as failure:
+                transcript.write("failed", error=failure.result.error, error_class=failure.result.error_class)
+                return failure.result
+            except asyncio.CancelledError:
+                transcript.write("cancelled", note="timeout or interrupt; the request was abandoned")
+                raise
+
+    def _messages(self, prompt: str) -> list[dict[str, Any]]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return [*system, {"role": "user", "content": prompt}]
+
+    async def _reply(self, client: Any, spec: AttemptSpec, transcript: _Transcript) -> AttemptResult:
+        assert self.reply_file is not None
+        messages = self._messages(spec.prompt)
+        message, finish, usage = await self._request(client, messages, 1, transcript, Usage())
+        text = message.get("content")
+        if not isinstance(text, str) or not text.strip():
+            error = f"the model returned no reply text (finish_reason {finish})"
+            return AttemptResult(False, error, "agent_error", usage=usage)
+        try:
+            written = write_confined(spec.work_dir, self.reply_file, text)
+        except PathRejected as err:
+            return AttemptResult(False, f"reply_file {self.reply_file}: {err}", "agent_error", usage=usage)
+        transcript.write("wrote", path=written, bytes=len(text.encode("utf-8")))
+        return AttemptResult(True, usage=usage)
+
+    async def _tools(self, client: Any, spec: AttemptSpec, transcript: _Transcript) -> AttemptResult:
+        messages = self._messages(spec.prompt)
+        usage = Usage()
+        for turn in range(1, self.max_turns + 1):
+            message, _finish, usage = await self._request(client, messages, turn, transcript, usage)
+            messages.append(message)
+            calls = message.get("tool_calls") or []
+            if not calls:
+                return AttemptResult(True, usage=usage)
+            for call in calls:
+                outcome = self._tool_call(spec.work_dir, call, transcript)
+                messages.append({"role": "tool", "tool_call_id": call.get("id") or "", "content": outcome})
+        transcript.write("max_turns", turns=self.max_turns, note="stopped; the outputs decide the attempt")
+        return AttemptResult(True, usage=usage)
+
+    def _tool_call(self, work_dir: Path, call: dict[str, Any], transcript: _Transcript) -> str:
+        """Run one tool call; return the tool result text the model sees."""
+        function = call.get("function") or {}
+        name = function.get("name")
+        if name != "write_file":
+            transcript.write("tool_rejected", name=name, reason="unknown tool")
+            return f"error: unknown tool {name!r}; the only tool is write_file(path, content)"
+        try:
+            args = json.loads(function.get("arguments") or "{}")
+        except ValueError as err:
+            transcript.write("tool_rejected", name=name, reason=f"arguments are not JSON: {err}")
+            return f'error: arguments are not valid JSON ({err}); send {{"path": ..., "content": ...}}'
+        if not isinstance(args, dict) or not isinstance(args.get("content"), str):
+            transcript.write("tool_rejected", name=name, reason="missing path or content")
+            return "error: write_file needs a string path and a string content"
+        try:
+            written = write_confined(work_dir, args.get("path"), args["content"])
+        except PathRejected as err:
+            transcript.write("tool_rejected", name=name, path=args.get("path"), reason=str(err))
+            return f"error: path {args.get('path')!r} rejected: {err}"
+        except OSError as err:
+            transcript.write("tool_rejected", name=name, path=args.get("path"), reason=str(err))
+            return f"error: could not write {args.get('path')!r}: {err.strerror}"
+        size = len(args["content"].encode("utf-8"))
+        transcript.write("wrote", path=written, bytes=size)
+        return f"wrote {written} ({size} bytes)"
+
+    async def _request(
+        self, client: Any, messages: list[dict[str, Any]], turn: int, transcript: _Transcript, usage: Usage
+    ) -> tuple[dict[str, Any], str | None, Usage]:
+        """Send one request; return the assistant message, finish reason and usage so far.
+
+        Raises:
+            _Failure: an HTTP error, timeout or broken connection, classified.
+        """
+        if self._limiter is not None:
+            await self._limiter.pace()
+        params: dict[str, Any] = {"model": self.model, "messages": messages}
+        if self.mode == "tools":
+            params["tools"] = [WRITE_FILE_TOOL]
+        if self.stream:
+            params["stream"] = True
+            params["stream_options"] = {"include_usage": True}
+        if turn == 1:
+            transcript.write("request", turn=turn, base_url=self.base_url, options=self.options, **params)
+        else:
+            transcript.write("request", turn=turn, new_messages=self._tail(messages))
+        started = time.monotonic()
+        try:
+            response = await client.chat.completions.create(
+                **params, extra_body=self.options or None, extra_headers=self.headers or None
+            )
+            if self.stream:
+                message, finish, reported, response_id = await _collect_stream(response)
+            else:
+                message, finish, reported, response_id = _read_response(response)
+        except Exception as err:
+            failure = self._classify(err, usage)
+            if failure is None:
+                raise
+            transcript.write(
+                "http_error",
+                turn=turn,
+                error=failure.error,
+                error_class=failure.error_class,
+                retry_after_s=failure.retry_after_s,
+            )
+            raise _Failure(failure) from err
+        usage = usage + self._usage(reported)
+        transcript.write(
+            "response",
+            turn=turn,
+            id=response_id,
+            duration_s=round(time.monotonic() - started, 3),
+            finish_reason=finish,
+            message=message,
+            usage=reported,
+        )
+        return message, finish, usage
+
+    @staticmethod
+    def _tail(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages added since the last assistant message (this turn's tool results)."""
+        start = len(messages)
+        while start > 0 and messages[start - 1].get("role") != "assistant":
+            start -= 1
+        return messages[start:]
+
+    def _usage(self, reported: dict[str, Any] | None) -> Usage:
+        if not reported:
+            return Usage(num_turns=1)
+        prompt = reported.get("prompt_tokens")
+        completion = reported.get("completion_tokens")
+        details = reported.get("prompt_tokens_details") or {}
+        cost = None
+        if self.prices is not None and isinstance(prompt, int) and isinstance(completion, int):
+            cost = prompt / 1000 * self.prices[0] + completion / 1000 * self.prices[1]
+        return Usage(
+            input_tokens=prompt if isinstance(prompt, int) else None,
+            output_tokens=completion if isinstance(completion, int) else None,
+            cost_usd=cost,
+            num_turns=1,
+            cached_input_tokens=details.get("cached_tokens") if isinstance(details, dict) else None,
+        )
+
+    def _classify(self, err: Exception, usage: Usage) -> AttemptResult | None:
+        """Map an SDK or transport error to a failed AttemptResult; None if it is not one.
+
+        429 → `http_429` (with Retry-After); 5xx and 408 → `http_5xx` (with
+        Retry-After if sent). Timeouts and connection failures are `http_5xx`
+        too: like a 5xx they say the endpoint could not answer now, and the
+        remedy is the same — back off and retry. Other statuses (400, 401, 404,
+        ...) are `agent_error`: the request itself is wrong.
+        """
+        import httpx2
+
+        sdk = self._sdk
+        where = self.base_url or "the OpenAI API"
+        spent = usage if usage != Usage() else None
+        if isinstance(err, sdk.APIStatusError):
+            status = err.status_code
+            wait_s = parse_retry_after(err.response.headers)
+            detail = _short(_error_message(err))
+            message = f"HTTP {status} from {where}: {detail}"
+            if status == 429:
+                return AttemptResult(False, message, "http_429", usage=spent, retry_after_s=wait_s)
+            if status >= 500 or status == 408:
+                return AttemptResult(False, message, "http_5xx", usage=spent, retry_after_s=wait_s)
+            if status in (401, 403):
+                message += f" (check the key in ${self.key_env})"
+            elif status == 404:
+                message += f" (check model {self.model!r} and base_url)"
+            return AttemptResult(False, message, "agent_error", usage=spent)
+        if isinstance(err, sdk.APIConnectionError):
+            # The aiohttp transport reports a refused connection as a connect timeout,
+            # so the message names the root cause rather than trusting the class.
+            root = _root_cause(err)
+            if isinstance(root, TimeoutError) or "Timeout" in type(root).__name__:
+                message = f"request to {where} timed out (request_timeout {self.timeout_s:g}s)"
+            else:
+                message = f"cannot reach {where}"
+            return AttemptResult(False, f"{message}: {_describe(root)}", "http_5xx", usage=spent)
+        if isinstance(err, httpx2.TransportError):
+            return AttemptResult(
+                False, f"connection to {where} broke mid-response: {_short(err)}", "http_5xx", usage=spent
+            )
+        if isinstance(err, sdk.APIError):
+            return AttemptResult(False, f"error from {where}: {_short(err)}", "agent_error", usage=spent)
+        return None
+
+    async def aclose(self) -> None:
+        """Close the agent's client and its connection pool."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _http_client(openai_sdk: Any, httpx2: Any, pool_size: int | None, timeout: Any) -> Any:
+    """Return the HTTP client for one agent: aiohttp transport if installed, else httpx's.
+
+    The pool holds `max_concurrency` connections (kept alive), so a request
+    never waits for a connection another of the agent's attempts holds;
+    without max_concurrency, the SDK's own limits (1,000 connections, 100
+    kept alive). The aiohttp transport costs about half the CPU per request
+    of httpx's (bench/openai_fanout.py: ~1.5 vs ~2.7 ms here), and
+    httpx's pool scans its connections on every request.
+    """
+    limits = httpx2.Limits(
+        max_connections=int(pool_size) if pool_size else 1000,
+        max_keepalive_connections=int(pool_size) if pool_size else DEFAULT_POOL,
+    )
+    try:
+        import aiohttp  # noqa: F401  (the SDK's aiohttp transport needs it)
+    except ImportError:
+        return openai_sdk.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+    return openai_sdk.DefaultAioHttpClient(limits=limits, timeout=timeout)
+
+
+def _error_message(err: Any) -> str:
+    body = getattr(err, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return str(getattr(err, "message", err))
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _describe(err: BaseException) -> str:
+    return _short(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+
+
+def _short(text: Any) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= _ERROR_CHARS else line[: _ERROR_CHARS - 1] + "…"
+
+
+#: (assistant message, finish_reason, usage as reported, response id)
+_Reply = tuple[dict[str, Any], str | None, dict[str, Any] | None, str | None]
+
+
+def _read_response(response: Any) -> _Reply:
+    """Return (assistant message as a dict, finish_reason, usage dict, response id)."""
+    choice = response.choices[0] if response.choices else None
+    message: dict[str, Any] = {"role": "assistant", "content": None}
+    finish = None
+    if choice is not None:
+        finish = choice.finish_reason
+        message["content"] = choice.message.content
+        calls = choice.message.tool_calls or []
+        if calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                }
+                for call in calls
+                if getattr(call, "function", None) is not None
+            ]
+    usage = _usage_dict(response.usage)
+    return message, finish, usage, response.id
+
+
+async def _collect_stream(stream: Any) -> _Reply:
+    """Accumulate a streamed response: text deltas, tool-call deltas by index, final usage."""
+    parts: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish = None
+    usage = None
+    response_id = None
+    async for chunk in stream:
+        response_id = response_id or chunk.id
+        if chunk.usage is not None:
+            usage = _usage_dict(chunk.usage)
+        for choice in chunk.choices[:1]:
+            delta = choice.delta
+            if delta.content:
+                parts.append(delta.content)
+            for piece in delta.tool_calls or []:
+                entry = calls.setdefault(
+                    piece.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+                if piece.id:
+                    entry["id"] = piece.id
+                if piece.function is not None:
+                    entry["function"]["name"] += piece.function.name or ""
+                    entry["function"]["arguments"] += piece.function.arguments or ""
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(parts) if parts else None}
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return message, finish, usage, response_id
+
+
+def _usage_dict(usage: Any) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    result = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+    if cached is not None:
+        result["prompt_tokens_details"] = {"cached_tokens": cached}
+    return result
