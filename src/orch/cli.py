@@ -135,7 +135,7 @@ def stage_list(ctx: Context) -> None:
 
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `orch stage run` and `orch run`."""
-    options = [
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("--only", metavar="ID,...", help="Run only these partition ids."),
         click.option("--retry-failed", is_flag=True, help="Run only partitions whose last attempt failed."),
         click.option(

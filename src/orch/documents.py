@@ -21,7 +21,7 @@ import yaml
 from orch.errors import ConfigError
 
 
-class LineDict(dict):  # type: ignore[type-arg]
+class LineDict(dict[Any, Any]):
     """A dict from YAML that knows its own line and each key's line (1-based)."""
 
     line: int = 0
@@ -35,7 +35,7 @@ class LineDict(dict):  # type: ignore[type-arg]
         return self.key_lines.get(key, self.line)
 
 
-class LineList(list):  # type: ignore[type-arg]
+class LineList(list[Any]):
     """A list from YAML that knows its own line and each item's line (1-based)."""
 
     line: int = 0
@@ -83,7 +83,7 @@ def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int | str:
     digits = str(text).lstrip("+-")
     if len(digits) > 1 and digits.startswith("0") and digits[1:2].isdigit():
         return str(text)
-    return yaml.SafeLoader.construct_yaml_int(loader, node)  # type: ignore[arg-type]
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
 
 
 _LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)

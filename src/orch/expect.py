@@ -77,7 +77,8 @@ class SchemaStore:
                     cls = jsonschema.validators.validator_for(schema)
                 except DeprecationWarning:
                     raise ConfigError(
-                        f"{rel}: invalid JSON Schema: unknown $schema {schema.get('$schema')!r}",
+                        f"{rel}: invalid JSON Schema: unknown $schema "
+                        f"{schema.get('$schema') if isinstance(schema, dict) else None!r}",
                         "use https://json-schema.org/draft/2020-12/schema, or omit $schema",
                     ) from None
             try:
