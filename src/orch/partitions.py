@@ -212,22 +212,32 @@ class PartitionIndex:
         return data, wheres
 
     def _fan_out(self, stage: Stage) -> list[Partition]:
-        base = {**self.project.vars, **stage.vars}
-        partitions = []
-        for pid, fields, where, priority in self._read_rows(stage):
-            params = {**base, **fields}
-            partitions.append(
-                Partition(
-                    stage=stage.name,
-                    id=pid,
-                    params=MappingProxyType(params),
-                    row=MappingProxyType(fields),
-                    out_dir=self._out_dir(stage, params, pid, where),
-                    source=where,
-                    priority=priority,
-                )
-            )
-        return partitions
+        return [
+            self._partition(stage, pid, fields, where, (), priority)
+            for pid, fields, where, priority in self._read_rows(stage)
+        ]
+
+    def _partition(
+        self,
+        stage: Stage,
+        pid: str,
+        fields: dict[str, Any],
+        where: str,
+        children: tuple[tuple[str, str], ...],
+        priority: float,
+    ) -> Partition:
+        """Build a partition: params are project vars, stage vars, then `fields`."""
+        params = {**self.project.vars, **stage.vars, **fields}
+        return Partition(
+            stage=stage.name,
+            id=pid,
+            params=MappingProxyType(params),
+            row=MappingProxyType(fields),
+            out_dir=self._out_dir(stage, params, pid, where),
+            source=where,
+            children=children,
+            priority=priority,
+        )
 
     def _read_rows(self, stage: Stage) -> list[tuple[str, dict[str, Any], str, float]]:
         """Return `(id, fields, where, priority)` per row, ids checked and unique."""
@@ -276,7 +286,6 @@ class PartitionIndex:
         group_rows = self._group_rows(stage) if stage.partitions else None
         if group_rows is not None:
             _check_groups(stage, groups, group_rows)
-        base = {**self.project.vars, **stage.vars}
         partitions = []
         for key, children in groups.items():
             fields = _shared_fields(children)
@@ -286,19 +295,9 @@ class PartitionIndex:
             if group_rows is not None:
                 row, where = group_rows[key]
                 fields.update({str(k): v for k, v in row.items()})
-            params = {**base, **fields}
-            partitions.append(
-                Partition(
-                    stage=stage.name,
-                    id=key,
-                    params=MappingProxyType(params),
-                    row=MappingProxyType(fields),
-                    out_dir=self._out_dir(stage, params, key, where),
-                    source=where,
-                    children=tuple((upstream, c.id) for c in children),
-                    priority=max(c.priority for c in children),
-                )
-            )
+            children_keys = tuple((upstream, c.id) for c in children)
+            priority = max(c.priority for c in children)
+            partitions.append(self._partition(stage, key, fields, where, children_keys, priority))
         return partitions
 
     def _group_rows(self, stage: Stage) -> dict[str, tuple[Mapping[str, Any], str]]:
