@@ -18,7 +18,10 @@ repeats); a mapping applies to every attempt. Actions:
     sleep            sleep `seconds`, then succeed
 
 Every invocation appends a JSON line {partition, stage, attempt, pid, ts, action}
-to $FAKE_AGENT_LOG, so tests can count invocations per partition.
+to $FAKE_AGENT_LOG, so tests can count invocations per partition. An invocation
+that exits by itself (not hang, not crash) also appends {partition, pid, ts, exit}
+to $FAKE_AGENT_LOG.exits as its last act, so tests can check that agent
+lifetimes did not overlap.
 """
 
 from __future__ import annotations
@@ -46,6 +49,16 @@ def behaviour(script: dict, partition: str, log_path: str | None) -> dict:
 
 
 def main() -> int:
+    code = act()
+    log_path = os.environ.get("FAKE_AGENT_LOG")
+    if log_path:
+        record = {"partition": os.environ.get("ORCH_PARTITION", "?"), "pid": os.getpid(), "ts": time.time()}
+        with open(log_path + ".exits", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({**record, "exit": code}) + "\n")
+    return code
+
+
+def act() -> int:
     partition = os.environ.get("ORCH_PARTITION", "?")
     script_path = os.environ.get("FAKE_AGENT_SCRIPT")
     script = json.loads(Path(script_path).read_text()) if script_path else {}
