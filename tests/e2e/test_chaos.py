@@ -43,8 +43,16 @@ def test_kill_9_at_random_moments_never_corrupts_or_reruns_complete_work(make_pr
         before = complete_partitions(project)
         seen = len(project.invocations())
         proc = project.popen("stage", "run", "work")
-        time.sleep(rng.uniform(0.05, 0.9))
-        os.kill(proc.pid, signal.SIGKILL)
+        # kill once a random number of agents started (plus a random delay), so
+        # kills land mid-run whatever the machine's speed
+        target = seen + rng.randint(0, 6)
+        deadline = time.monotonic() + 10
+        while len(project.invocations()) < target and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never started its agents"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.15))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
         after = complete_partitions(project)  # asserts every directory has a valid manifest
         assert before <= after

@@ -205,3 +205,25 @@ def test_kill_9_rounds_then_rerun_finish_without_redoing_complete_work(make_proj
         error = json.loads((attempt / ".orch/error.json").read_text())
         assert error["outcome"] == "interrupted"
         assert error["error"].startswith("staging directory left by a run that died (cleaned by run ")
+
+
+def test_rerun_after_kill_9_stops_the_dead_runs_orphaned_grandchildren(make_project):
+    project = make_project(n_items=1)
+    project.script({"default": {"action": "hang"}})
+    proc = project.popen("stage", "run", "work")
+    agent, grandchild = running_pids(project, 1)[".item01.attempt-1"]
+    proc.kill()
+    proc.communicate(timeout=10)
+    wait_gone([agent])  # PR_SET_PDEATHSIG took the agent
+    os.kill(grandchild, 0)  # ... but not what the agent started
+
+    project.script({"default": {"action": "succeed"}})
+    project.orch("stage", "run", "work", check=True)
+
+    wait_gone([grandchild])  # the run that cleaned the staging dir stopped it
+    events = [
+        json.loads(line)
+        for run in (project.root / "wip/runs").iterdir()
+        for line in (run / "events.jsonl").read_text().splitlines()
+    ]
+    assert [e["pids"] for e in events if e["event"] == "orphans_killed"] == [[grandchild]]

@@ -93,15 +93,18 @@ def test_waiting_for_a_held_partition_finds_it_complete(make_project):
     project = make_project(n_items=3)
     project.script({"default": {"action": "sleep", "seconds": 1.0}})
     first = project.popen("stage", "run", "work", "--max-parallel", "1")
-    # item01 runs; item02 and item03 are locked by the first run, waiting for its slot.
+    # item01 runs; item02 and item03 wait for the first run's only slot. A partition
+    # is locked when a slot takes it, so the second run may claim them first.
     wait_until(lambda: staging_dirs(project) == [".item01.attempt-1"], what="the first run to start item01")
 
     second = project.orch("stage", "run", "work", "--wait-locks", "20")
-    first.communicate(timeout=30)
+    out, _ = first.communicate(timeout=30)
 
     assert invoked(project) == Counter({"item01": 1, "item02": 1, "item03": 1})
-    assert first.returncode == 0
     assert second.returncode == 0, second.stderr
+    # the first run either found them complete, or skipped them as held while the
+    # second was still running them (then its barrier is honestly not met)
+    assert first.returncode == 0 or (first.returncode == 4 and " held" in out)
     assert not (project.root / "wip/attempts").exists()
 
 

@@ -211,6 +211,7 @@ class CommandBackend:
         # the agent dies with orch even on kill -9 (PR_SET_PDEATHSIG), set by
         # setpriv in the child rather than a Python preexec_fn
         self._launcher = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+        self._which: dict[str, str | None] = {}
 
     def argv_for(self, spec: AttemptSpec) -> list[str]:
         """Return the argv with `{prompt}` / `{prompt_file}` substituted or appended."""
@@ -253,7 +254,12 @@ class CommandBackend:
         log_start = _size(spec.log_path)
         env = self.env_for(spec)
         argv = self.argv_for(spec)
-        executable = _executable(argv[0], spec.work_dir, env.get("PATH"))
+        if os.sep in argv[0]:
+            executable = _executable(argv[0], spec.work_dir, None)
+        else:  # PATH does not change during a run: look each name up once
+            if argv[0] not in self._which:
+                self._which[argv[0]] = _executable(argv[0], spec.work_dir, env.get("PATH"))
+            executable = self._which[argv[0]]
         if executable is None:
             return AttemptResult(
                 False,
