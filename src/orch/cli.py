@@ -13,10 +13,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 from orch.errors import (
     BarrierNotMet,
@@ -55,17 +57,34 @@ class Context:
         return Workspace(load_project(find_root(explicit=self.project)))
 
     @property
-    def out(self) -> Console:
-        """Console on stdout for data; wide and plain when not a terminal."""
-        console = Console(file=sys.stdout, highlight=False)
-        if not console.is_terminal:
-            console = Console(file=sys.stdout, width=400, highlight=False, no_color=True)
-        return console
+    def out(self) -> Console | PlainOut:
+        """A rich Console on a terminal; plain writes to stdout otherwise (pipes,
+        files, scripts: no colour, no wrapping, and no rich import)."""
+        if not sys.stdout.isatty():
+            return PlainOut(sys.stdout)
+        from rich.console import Console
+
+        return Console(file=sys.stdout, highlight=False)
 
     @property
     def err(self) -> Console:
         """Console on stderr for progress and messages."""
+        from rich.console import Console
+
         return Console(file=sys.stderr, highlight=False)
+
+
+class PlainOut:
+    """The part of rich's Console that data output uses, for non-terminals."""
+
+    is_terminal = False
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def print(self, text: str, **_style: Any) -> None:
+        """Write `text` and a newline (style arguments are ignored)."""
+        self.file.write(f"{text}\n")
 
 
 pass_ctx = click.make_pass_decorator(Context)

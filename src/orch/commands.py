@@ -6,12 +6,11 @@ maps to exit codes.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orch.barriers import BarrierReport
 from orch.blueprints import check_params, list_blueprint_files, load_blueprint
@@ -27,11 +26,13 @@ from orch.errors import (
 from orch.expect import META_DIR
 from orch.partitions import Partition
 from orch.plan import PartitionState, Planner, upstream_blockers
-from orch.runlog import EventSink
-from orch.scheduler import RunOptions, RunSummary, Scheduler
 from orch.state import AGENT_LOG, Manifest, list_attempts, read_error
 from orch.views import status_overview, status_rows
 from orch.workspace import ChildKey, Workspace
+
+if TYPE_CHECKING:
+    from orch.runlog import EventSink
+    from orch.scheduler import RunSummary
 
 
 def list_stages(ws: Workspace) -> list[dict[str, Any]]:
@@ -302,6 +303,10 @@ def run_stages(
                 (n, [s for s in planner.stage_states(n) if not only or s.partition.id in only]) for n in names
             ]
         )
+    import asyncio
+
+    from orch.scheduler import RunOptions, Scheduler
+
     options = RunOptions(
         stages=tuple(names),
         only=frozenset(only) if only else None,

@@ -149,7 +149,7 @@ def _check_file(
     schemas: SchemaStore,
     known: Mapping[str, tuple[int, int]] | None,
 ) -> list[Finding]:
-    path = os.path.join(directory, name)
+    path = f"{directory}/{name}"
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):

@@ -345,13 +345,21 @@ class PartitionIndex:
         return norm
 
     def _check_nesting(self, norm: str, stage: str, pid: str, label: str) -> None:
-        """Refuse a partition directory inside another's, or containing another."""
+        """Refuse a partition directory inside another's, or containing another.
+
+        Each parent directory's ancestors are checked once: an output directory
+        registered later on one of them is caught by the `_ancestors` lookup.
+        """
         inner = self._ancestors.get(norm)
         outer = None
         parent = os.path.dirname(norm)
-        while parent and outer is None:
-            outer = self._out_dirs.get(parent)
-            parent = os.path.dirname(parent)
+        if parent not in self._ancestors or parent in self._out_dirs:
+            walk = parent
+            while walk and outer is None:
+                outer = self._out_dirs.get(walk)
+                if outer is None and walk not in self._ancestors:
+                    self._ancestors[walk] = (stage, pid)
+                walk = os.path.dirname(walk)
         if inner or outer:
             other_stage, other = inner or outer  # type: ignore[misc]
             relation = "contains that of" if inner else "lies inside that of"
@@ -360,10 +368,6 @@ class PartitionIndex:
                 f"partition {other_stage}/{other}",
                 "give every stage its own output directory, e.g. data/<stage>/<ID>",
             )
-        parent = os.path.dirname(norm)
-        while parent and parent not in self._ancestors:
-            self._ancestors[parent] = (stage, pid)
-            parent = os.path.dirname(parent)
 
     def _check_symlinks(self, norm: str, rel: str, pid: str, label: str) -> None:
         parent, name = os.path.split(norm)

@@ -140,8 +140,8 @@ class Planner:
                 disk afresh (no cached listing) and never report `running`.
         """
         stage = self.ws.project.stage(partition.stage)
-        out_dir = os.path.join(self.ws.root, partition.out_dir)
-        parent, name = os.path.split(out_dir)
+        out_dir = f"{self.ws.root}/{partition.out_dir}"
+        parent, _, name = out_dir.rpartition("/")
         if holding_lock:
             exists, staging = os.path.lexists(out_dir), False
         else:

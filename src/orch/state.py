@@ -113,7 +113,7 @@ def read_manifest(directory: Path | str) -> Manifest | None:
     `status: complete`: such a directory is never taken for complete.
     """
     try:
-        data = orjson.loads(_read_bytes(os.path.join(directory, META_DIR, MANIFEST)))
+        data = orjson.loads(_read_bytes(f"{directory}/{META_DIR}/{MANIFEST}"))
         if data.get("version") != MANIFEST_VERSION or data.get("status") != "complete":
             return None
         data.pop("duration_s", None)
@@ -127,7 +127,10 @@ def _read_bytes(path: str) -> bytes:
     """Read a small file with raw syscalls (half the cost of open() at 10k files)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks = []
+        data = os.read(fd, 1 << 16)
+        if len(data) < 1 << 16:  # a short read is the whole (regular) file
+            return data
+        chunks = [data]
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
         return b"".join(chunks)

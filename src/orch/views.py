@@ -8,24 +8,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from orch.plan import PartitionState, Planner, Status
-from orch.scheduler import RunSummary
+
+if TYPE_CHECKING:
+    from orch.scheduler import RunSummary
 
 STATUS_ORDER = [s.value for s in Status]
 
 
 def print_table(
-    console: Console, title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    console: Any, title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
     """Print a table: a rich table on a terminal, aligned plain columns otherwise
     (no colour, no trailing blanks: easy to grep, cut and diff)."""
     cells = [["" if v is None else str(v) for v in row] for row in rows]
     if console.is_terminal:
+        from rich.table import Table
+
         table = Table(title=title, title_justify="left", highlight=False)
         for column in columns:
             table.add_column(column, overflow="fold")
@@ -40,7 +41,7 @@ def print_table(
     console.file.write("\n".join(lines) + "\n")
 
 
-def print_json(console: Console, data: Any) -> None:
+def print_json(console: Any, data: Any) -> None:
     """Print `data` as indented JSON with sorted keys."""
     console.file.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
 

@@ -190,14 +190,17 @@ class Workspace:
             manifest = manifests.get((child_stage, child_id))
             inputs[f"{child_stage}/{child_id}"] = manifest.output_fingerprint if manifest else ""
         prompt_hash = digest(prompt)
-        agent_hash = self._cached(("agent", agent.name), lambda: digest(fingerprint_settings(agent)))
-        expect_hash = self._cached(("expect", stage.name), lambda: self._expect_digest(stage))
-        # Hash of hashes joined by NUL: no JSON encoding in the status hot path.
-        value = digest(
-            "\0".join(
-                [prompt_hash, agent_hash, expect_hash, *(f"{k}={v}" for k, v in sorted(inputs.items()))]
-            )
+        agent_hash = self._hashes.get(("agent", agent.name)) or self._cached(
+            ("agent", agent.name), lambda: digest(fingerprint_settings(agent))
         )
+        expect_hash = self._hashes.get(("expect", stage.name)) or self._cached(
+            ("expect", stage.name), lambda: self._expect_digest(stage)
+        )
+        # Hash of hashes joined by NUL: no JSON encoding in the status hot path.
+        parts = [prompt_hash, agent_hash, expect_hash]
+        if inputs:
+            parts += [f"{k}={v}" for k, v in sorted(inputs.items())]
+        value = digest("\0".join(parts))
 
         def explain() -> dict[str, str]:
             return {
