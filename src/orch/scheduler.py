@@ -38,7 +38,7 @@ from orch.state import (
     archive_attempt,
     collect_outputs,
     output_fingerprint,
-    promote,
+    promote_many,
     read_manifest,
     staging_dir,
 )
@@ -164,6 +164,7 @@ class Scheduler:
         self._barriers: dict[str, BarrierReport] = {}
         self._stage_halted: set[str] = set()
         self._parents: set[Path] = set()
+        self._promoter = Promoter(workspace.root)
 
     # -- public ---------------------------------------------------------------
 
@@ -481,8 +482,20 @@ class Scheduler:
             history.append(record)
             if result.ok:
                 manifest = await asyncio.to_thread(
-                    self._promote, partition, agent, state, number, history, staging, started, usage_total
+                    self._manifest, partition, agent, state, number, history, staging, started, usage_total
                 )
+                try:
+                    await self._promoter.promote(staging, self.ws.root / partition.out_dir, manifest)
+                except OSError as err:  # a filesystem fault, not the agent's: no retry
+                    record.update(
+                        outcome="failed", error=f"cannot promote the outputs: {err}", error_class="promote"
+                    )
+                    self._failed_count += 1
+                    self._check_halt()
+                    archive = await asyncio.to_thread(
+                        archive_attempt, self.ws.root, stage.name, partition.id, staging, record
+                    )
+                    return self._failed(partition, stage, history, archive, usage_total)
                 self.log.emit(
                     "promoted",
                     stage=stage.name,
@@ -550,7 +563,6 @@ class Scheduler:
             project_root=self.ws.root,
             timeout_s=stage.timeout_s,
         )
-        spec.log_path.touch()
 
         def started() -> None:
             self.log.emit(
@@ -593,7 +605,7 @@ class Scheduler:
                 )
         return result, staging
 
-    def _promote(
+    def _manifest(
         self,
         partition: Partition,
         agent: AgentConfig,
@@ -605,6 +617,9 @@ class Scheduler:
         usage: Usage | None,
     ) -> Manifest:
         assert state.fingerprint is not None
+        log = staging / META_DIR / AGENT_LOG
+        if not log.exists():  # every partition has its log, even a silent agent's
+            log.touch()
         outputs = collect_outputs(staging)
         fp = state.fingerprint
         manifest = Manifest(
@@ -622,7 +637,6 @@ class Scheduler:
             started_at=round(started, 3),
             finished_at=round(time.time(), 3),
         )
-        promote(self.ws.root, staging, self.ws.root / partition.out_dir, manifest)
         return manifest
 
     def _failed(
@@ -748,6 +762,42 @@ def _use_pidfd_watcher(loop: asyncio.AbstractEventLoop) -> None:
         watcher = asyncio.PidfdChildWatcher()
         watcher.attach_loop(loop)
         asyncio.set_child_watcher(watcher)
+
+
+class Promoter:
+    """Group commit: promotions that wait together reach the disk with one flush.
+
+    While one batch is being made durable and renamed into place (in a worker
+    thread, see `orch.state.promote_many`), new promotions queue; the next batch
+    takes them all. Under load a batch holds dozens of partitions; alone, a
+    promotion waits for nothing but its own flush.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._pending: list[tuple[Path, Path, Manifest, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def promote(self, staging: Path, out_dir: Path, manifest: Manifest) -> None:
+        """Promote `staging` to `out_dir` with `manifest`; raise its OSError if it failed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((staging, out_dir, manifest, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        await asyncio.shield(future)  # a cancelled waiter does not cancel the batch
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            errors = await asyncio.to_thread(
+                promote_many, self.root, [(staging, out, manifest) for staging, out, manifest, _ in batch]
+            )
+            for (_, _, _, future), error in zip(batch, errors, strict=True):
+                if not future.done():
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
 
 
 async def _acquire(lock: PartitionLock, wait_s: float) -> bool:
