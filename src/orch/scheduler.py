@@ -286,7 +286,11 @@ class Scheduler:
         for item in done:
             counts[item.status] = counts.get(item.status, 0) + 1
         self.log.emit("stage_finished", stage=outcome.stage, counts=counts)
-        report = check_barrier(self.ws, outcome.stage, self.options.agent, only=self.options.only)
+        # Outputs promoted by this run were checked in full just before promotion;
+        # here size and mtime must still match what the manifest recorded (as in
+        # `orch status`). `orch barrier STAGE` re-reads every file.
+        planner = Planner(self.ws, self.options.agent, deep=False)
+        report = check_barrier(self.ws, outcome.stage, self.options.agent, planner, only=self.options.only)
         self._barriers[outcome.stage] = report
         self.log.emit(
             "barrier",
