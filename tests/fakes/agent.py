@@ -37,6 +37,31 @@ from pathlib import Path
 DEFAULT_FILES = {"out.md": "## Result\n\nFake agent output for {partition}.\n"}
 
 
+#: Variables a fake CLI records, to prove what orch passed on (presets' env).
+WATCHED_ENV = ("DISABLE_TELEMETRY", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "FAKE_EXTRA")
+
+
+def log_invocation(partition: str, action: str, prompt: str, cli: bool = False) -> None:
+    """Append one JSON line to $FAKE_AGENT_LOG; `cli` adds argv and the watched env."""
+    log_path = os.environ.get("FAKE_AGENT_LOG")
+    if not log_path:
+        return
+    record = {
+        "partition": partition,
+        "stage": os.environ.get("ORCH_STAGE"),
+        "attempt": os.environ.get("ORCH_ATTEMPT"),
+        "pid": os.getpid(),
+        "ts": time.time(),
+        "action": action,
+        "prompt_bytes": len(prompt),
+    }
+    if cli:
+        record["argv"] = sys.argv[1:]
+        record["env"] = {k: v for k, v in os.environ.items() if k in WATCHED_ENV}
+    with open(log_path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
 def behaviour(script: dict, partition: str, log_path: str | None) -> dict:
     plan = script.get(partition, script.get("default", {"action": "succeed"}))
     if isinstance(plan, dict):
@@ -66,22 +91,7 @@ def act() -> int:
     step = behaviour(script, partition, log_path)
     action = step.get("action", "succeed")
     prompt = sys.stdin.read()
-    if log_path:
-        with open(log_path, "a", encoding="utf-8") as handle:
-            handle.write(
-                json.dumps(
-                    {
-                        "partition": partition,
-                        "stage": os.environ.get("ORCH_STAGE"),
-                        "attempt": os.environ.get("ORCH_ATTEMPT"),
-                        "pid": os.getpid(),
-                        "ts": time.time(),
-                        "action": action,
-                        "prompt_bytes": len(prompt),
-                    }
-                )
-                + "\n"
-            )
+    log_invocation(partition, action, prompt)
     files = step.get("files", DEFAULT_FILES)
     print(f"fake agent: {action} for {partition}", flush=True)
     if action == "fail":

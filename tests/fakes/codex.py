@@ -18,34 +18,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from agent import DEFAULT_FILES, behaviour
-
-WATCHED_ENV = ("DISABLE_TELEMETRY", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "FAKE_EXTRA")
-
-
-def log_invocation(partition: str, action: str, prompt: str) -> None:
-    """Append this invocation to $FAKE_AGENT_LOG in tests/fakes/agent.py's format, plus argv and env."""
-    log_path = os.environ.get("FAKE_AGENT_LOG")
-    if not log_path:
-        return
-    record = {
-        "partition": partition,
-        "stage": os.environ.get("ORCH_STAGE"),
-        "attempt": os.environ.get("ORCH_ATTEMPT"),
-        "pid": os.getpid(),
-        "ts": time.time(),
-        "action": action,
-        "prompt_bytes": len(prompt),
-        "argv": sys.argv[1:],
-        "env": {k: v for k, v in os.environ.items() if k in WATCHED_ENV},
-    }
-    with open(log_path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+from agent import DEFAULT_FILES, behaviour, log_invocation
 
 
 def emit(event: dict) -> None:
@@ -59,7 +36,7 @@ def main() -> int:
     step = behaviour(script, partition, os.environ.get("FAKE_AGENT_LOG"))
     action = step.get("action", "succeed")
     prompt = sys.stdin.read() if sys.argv[-1] == "-" else sys.argv[-1]
-    log_invocation(partition, action, prompt)
+    log_invocation(partition, action, prompt, cli=True)
     emit({"type": "thread.started", "thread_id": str(uuid.uuid4())})
     emit({"type": "turn.started"})
     emit({"type": "item.completed", "item": {"id": "item_0", "type": "reasoning", "text": "**Planning**"}})
