@@ -467,57 +467,12 @@ class Scheduler:
                 if final_failure:
                     self._failed_count += 1
                     self._check_halt()
-            usage_total = (
-                result.usage
-                if usage_total is None
-                else (usage_total + result.usage if result.usage else usage_total)
-            )
-            record = {
-                "n": number,
-                "started_at": round(started, 3),
-                "ended_at": round(time.time(), 3),
-                "duration_s": round(time.time() - started, 3),
-                "outcome": "complete" if result.ok else "failed",
-                "error": result.error,
-                "error_class": result.error_class,
-                "exit_code": result.exit_code,
-                "usage": result.usage.to_json() if result.usage else {},
-            }
+            usage_total = _add_usage(usage_total, result.usage)
+            record = _attempt_record(number, started, result)
             history.append(record)
             if result.ok:
-                manifest = await asyncio.to_thread(
-                    self._manifest, partition, agent, state, number, history, staging, started, usage_total
-                )
-                try:
-                    await self._promoter.promote(staging, self.ws.root / partition.out_dir, manifest)
-                except OSError as err:  # a filesystem fault, not the agent's: no retry
-                    record.update(
-                        outcome="failed", error=f"cannot promote the outputs: {err}", error_class="promote"
-                    )
-                    self._failed_count += 1
-                    self._check_halt()
-                    archive = await asyncio.to_thread(
-                        archive_attempt, self.ws.root, stage.name, partition.id, staging, record
-                    )
-                    return self._failed(partition, stage, history, archive, usage_total)
-                self.log.emit(
-                    "promoted",
-                    stage=stage.name,
-                    partition=partition.id,
-                    attempt=number,
-                    duration_s=record["duration_s"],
-                    usage=record["usage"],
-                    out_dir=partition.out_dir,
-                )
-                return Outcome(
-                    stage.name,
-                    partition.id,
-                    "complete",
-                    why,
-                    len(history),
-                    round(time.time() - started, 3),
-                    usage_total,
-                    manifest,
+                return await self._complete(
+                    partition, stage, agent, state, history, staging, started, usage_total, why
                 )
             archive = await asyncio.to_thread(
                 archive_attempt, self.ws.root, stage.name, partition.id, staging, record
@@ -536,6 +491,53 @@ class Scheduler:
             )
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _complete(
+        self,
+        partition: Partition,
+        stage: Stage,
+        agent: AgentConfig,
+        state: PartitionState,
+        history: list[dict[str, Any]],
+        staging: Path,
+        started: float,
+        usage_total: Usage | None,
+        why: str,
+    ) -> Outcome:
+        """Write the manifest and promote a passing attempt (group commit)."""
+        record = history[-1]
+        manifest = await asyncio.to_thread(
+            self._manifest, partition, agent, state, record["n"], history, staging, started, usage_total
+        )
+        try:
+            await self._promoter.promote(staging, self.ws.root / partition.out_dir, manifest)
+        except OSError as err:  # a filesystem fault, not the agent's: no retry
+            record.update(outcome="failed", error=f"cannot promote the outputs: {err}", error_class="promote")
+            self._failed_count += 1
+            self._check_halt()
+            archive = await asyncio.to_thread(
+                archive_attempt, self.ws.root, stage.name, partition.id, staging, record
+            )
+            return self._failed(partition, stage, history, archive, usage_total)
+        self.log.emit(
+            "promoted",
+            stage=stage.name,
+            partition=partition.id,
+            attempt=record["n"],
+            duration_s=record["duration_s"],
+            usage=record["usage"],
+            out_dir=partition.out_dir,
+        )
+        return Outcome(
+            stage.name,
+            partition.id,
+            "complete",
+            why,
+            len(history),
+            round(time.time() - started, 3),
+            usage_total,
+            manifest,
+        )
 
     async def _run_attempt(
         self,
@@ -815,6 +817,28 @@ async def _acquire(lock: PartitionLock, wait_s: float) -> bool:
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.25)
     return True
+
+
+def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
+    if total is None:
+        return more
+    return total + more if more else total
+
+
+def _attempt_record(number: int, started: float, result: AttemptResult) -> dict[str, Any]:
+    """The attempt's entry in manifests and error.json (times in Unix seconds)."""
+    ended = time.time()
+    return {
+        "n": number,
+        "started_at": round(started, 3),
+        "ended_at": round(ended, 3),
+        "duration_s": round(ended - started, 3),
+        "outcome": "complete" if result.ok else "failed",
+        "error": result.error,
+        "error_class": result.error_class,
+        "exit_code": result.exit_code,
+        "usage": result.usage.to_json() if result.usage else {},
+    }
 
 
 def _make_staging(out_dir: Path, number: int) -> Path:
