@@ -552,10 +552,10 @@ class Scheduler:
         if out_dir.parent not in self._parents:
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             self._parents.add(out_dir.parent)
-        staging = _make_staging(out_dir, number)
+        # two mkdirs and a file creation: slow on some disks, so off the event loop
+        staging = await asyncio.to_thread(_make_staging, out_dir, number, state.prompt or "")
         number = int(staging.name.rsplit("-", 1)[1])
         prompt_file = staging / META_DIR / PROMPT
-        prompt_file.write_text(state.prompt or "", encoding="utf-8")
         spec = AttemptSpec(
             stage=stage.name,
             partition=partition.id,
@@ -841,8 +841,9 @@ def _attempt_record(number: int, started: float, result: AttemptResult) -> dict[
     }
 
 
-def _make_staging(out_dir: Path, number: int) -> Path:
-    """Create `.<name>.attempt-<n>/.orch/`, taking the next free n if a dead run left one."""
+def _make_staging(out_dir: Path, number: int, prompt: str) -> Path:
+    """Create `.<name>.attempt-<n>/.orch/prompt.md`, taking the next free n if a dead
+    run left one."""
     while True:
         staging = staging_dir(out_dir, number)
         try:
@@ -851,6 +852,7 @@ def _make_staging(out_dir: Path, number: int) -> Path:
             number += 1
             continue
         (staging / META_DIR).mkdir()
+        (staging / META_DIR / PROMPT).write_text(prompt, encoding="utf-8")
         return staging
 
 

@@ -304,7 +304,8 @@ def promote_many(root: Path, items: list[tuple[Path, Path, Manifest]]) -> list[O
     errors: list[OSError | None] = [None] * len(items)
     for index, (staging, _, manifest) in enumerate(items):
         try:
-            (staging / META_DIR).mkdir(exist_ok=True)  # an agent may have deleted it
+            if not (staging / META_DIR).is_dir():  # an agent may have deleted it
+                (staging / META_DIR).mkdir()
             (staging / META_DIR / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         except OSError as err:
             errors[index] = err
