@@ -552,8 +552,8 @@ class Scheduler:
         if out_dir.parent not in self._parents:
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             self._parents.add(out_dir.parent)
-        # two mkdirs and a file creation: slow on some disks, so off the event loop
-        staging = await asyncio.to_thread(_make_staging, out_dir, number, state.prompt or "")
+        # on the event loop, not a worker thread: attempts start in slot order
+        staging = _make_staging(out_dir, number, state.prompt or "")
         number = int(staging.name.rsplit("-", 1)[1])
         prompt_file = staging / META_DIR / PROMPT
         spec = AttemptSpec(

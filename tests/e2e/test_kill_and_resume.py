@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from orch.processes import REAPER_MARK
 from tests.e2e.test_execution import (
     events,
     invoked,
@@ -93,7 +94,7 @@ def test_sigkill_orch_leaves_no_orphaned_agent(make_project):
     proc.kill()
     proc.communicate(timeout=10)
 
-    # PR_SET_PDEATHSIG: each agent (orch's direct child) is SIGKILLed when orch dies.
+    # orch's reaper SIGKILLs each agent, and what it started, when orch dies.
     wait_gone(agents)
     assert sorted(staging_dirs(project)) == [".item01.attempt-1", ".item02.attempt-1"]
     assert stray_dirs(project) == []
@@ -179,7 +180,7 @@ def test_kill_9_rounds_then_rerun_finish_without_redoing_complete_work(make_proj
         proc.kill()
         proc.communicate(timeout=10)
         _observe(project, observations)
-        # No agent outlives its orchestrator (PR_SET_PDEATHSIG). Sleeping agents would also end
+        # No agent outlives its orchestrator (its reaper). Sleeping agents would also end
         # on their own: test_sigkill_orch_leaves_no_orphaned_agent is the strict version.
         wait_gone([i["pid"] for i in project.invocations()])
         assert staging_dirs(project), "killed mid-attempt: staging dirs are left for the next run"
@@ -207,23 +208,54 @@ def test_kill_9_rounds_then_rerun_finish_without_redoing_complete_work(make_proj
         assert error["error"].startswith("staging directory left by a run that died (cleaned by run ")
 
 
-def test_rerun_after_kill_9_stops_the_dead_runs_orphaned_grandchildren(make_project):
+def reaper_pids() -> list[int]:
+    """Pids of running orch reapers (their argv ends with the reaper mark)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if REAPER_MARK.encode() in argv:
+                found.append(int(name))
+    return found
+
+
+def test_kill_9_of_orch_takes_the_agents_children_too(make_project):
     project = make_project(n_items=1)
     project.script({"default": {"action": "hang"}})
     proc = project.popen("stage", "run", "work")
     agent, grandchild = running_pids(project, 1)[".item01.attempt-1"]
     proc.kill()
     proc.communicate(timeout=10)
-    wait_gone([agent])  # PR_SET_PDEATHSIG took the agent
-    os.kill(grandchild, 0)  # ... but not what the agent started
+    wait_gone([agent, grandchild])
+
+
+def test_rerun_after_kill_9_stops_orphans_when_the_reaper_died_too(make_project):
+    project = make_project(n_items=1)
+    project.script({"default": {"action": "hang"}})
+    before = set(reaper_pids())
+    proc = project.popen("stage", "run", "work")
+    agent, grandchild = running_pids(project, 1)[".item01.attempt-1"]
+    reapers = set(reaper_pids()) - before
+    assert len(reapers) == 1
+    for pid in reapers:  # the worst case: the watchdog is gone as well
+        os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.communicate(timeout=10)
+    os.kill(agent, 0)  # both still alive: nothing watched them
+    os.kill(grandchild, 0)
 
     project.script({"default": {"action": "succeed"}})
     project.orch("stage", "run", "work", check=True)
 
-    wait_gone([grandchild])  # the run that cleaned the staging dir stopped it
+    wait_gone([agent, grandchild])  # the run that cleaned the staging dir stopped them
     events = [
         json.loads(line)
         for run in (project.root / "wip/runs").iterdir()
         for line in (run / "events.jsonl").read_text().splitlines()
     ]
-    assert [e["pids"] for e in events if e["event"] == "orphans_killed"] == [[grandchild]]
+    assert [sorted(e["pids"]) for e in events if e["event"] == "orphans_killed"] == [
+        sorted([agent, grandchild])
+    ]
