@@ -309,13 +309,20 @@ def promote_many(root: Path, items: list[tuple[Path, Path, Manifest]]) -> list[O
             (staging / META_DIR / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         except OSError as err:
             errors[index] = err
-    if not _syncfs(root):
-        for index, (staging, _, _) in enumerate(items):
-            if errors[index] is None:
-                try:
-                    _fsync_tree(staging)
-                except OSError as err:
-                    errors[index] = err
+    # one syncfs per filesystem the staging dirs live on (data/ may be a symlink
+    # to another disk than the project root)
+    devices: dict[int, Path] = {}
+    for index, (staging, _, _) in enumerate(items):
+        if errors[index] is None:
+            with contextlib.suppress(OSError):
+                devices.setdefault(os.stat(staging).st_dev, staging)
+    synced = {dev for dev, where in devices.items() if _syncfs(where)}
+    for index, (staging, _, _) in enumerate(items):
+        if errors[index] is None and _device(staging) not in synced:
+            try:
+                _fsync_tree(staging)
+            except OSError as err:
+                errors[index] = err
     parents = set()
     for index, (staging, out_dir, manifest) in enumerate(items):
         if errors[index] is not None:
@@ -335,6 +342,13 @@ def promote_many(root: Path, items: list[tuple[Path, Path, Manifest]]) -> list[O
     for parent in parents:
         _fsync_dir(parent)
     return errors
+
+
+def _device(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
 
 
 def _syncfs(root: Path) -> bool:

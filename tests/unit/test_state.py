@@ -343,3 +343,25 @@ def test_lock_held_by_a_killed_process_is_free(tmp_path: Path):
         child.wait(timeout=10)
         if child.stdout is not None:
             child.stdout.close()
+
+
+def test_promote_many_commits_a_batch_and_isolates_a_failing_item(tmp_path: Path):
+    from orch.state import promote_many
+
+    items = []
+    for pid in ("p1", "p2"):
+        staging = tmp_path / "data" / f".{pid}.attempt-1"
+        (staging / ".orch").mkdir(parents=True)
+        (staging / "out.md").write_text(f"## Result {pid}\n")
+        items.append((staging, tmp_path / "data" / pid, make_manifest(partition=pid)))
+    missing = tmp_path / "data" / ".p3.attempt-1"  # vanished before promotion
+    items.append((missing, tmp_path / "data" / "p3", make_manifest(partition="p3")))
+
+    errors = promote_many(tmp_path, items)
+
+    assert errors[:2] == [None, None]
+    assert isinstance(errors[2], OSError)
+    for pid in ("p1", "p2"):
+        assert read_manifest(tmp_path / "data" / pid).partition == pid
+        assert (tmp_path / "data" / pid / "out.md").read_text() == f"## Result {pid}\n"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["p1", "p2"]
