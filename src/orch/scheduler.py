@@ -16,6 +16,8 @@ import random
 import signal
 import sys
 import time
+from concurrent.futures import Executor as Executor_
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,7 @@ class Scheduler:
         self._stage_halted: set[str] = set()
         self._parents: set[Path] = set()
         self._promoter = Promoter(workspace.root)
+        self._fs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orch-fs")
 
     # -- public ---------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class Scheduler:
         finally:
             self._remove_signals(loop)
             await self.executor.aclose()
+            self._fs.shutdown(wait=True)
         summary.interrupted = self._stopping
         summary.halted = self._halted or next(
             (o.reason for o in summary.outcomes if o.status == "halted"), None
@@ -330,7 +334,7 @@ class Scheduler:
         """Take the partition lock (once a slot is ours: a lock is an open file, and
         10k waiting partitions must not hold 10k of them), clean a dead run's staging
         dirs, and look again: another orch process may have completed it meanwhile."""
-        if not await _acquire(lock, self.options.wait_locks_s):
+        if not await _acquire(lock, self.options.wait_locks_s, self._fs):
             reason = "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
             self.log.emit("skipped", stage=partition.stage, partition=partition.id, reason=reason)
             return Outcome(partition.stage, partition.id, "held", reason)
@@ -552,8 +556,11 @@ class Scheduler:
         if out_dir.parent not in self._parents:
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             self._parents.add(out_dir.parent)
-        # on the event loop, not a worker thread: attempts start in slot order
-        staging = _make_staging(out_dir, number, state.prompt or "")
+        # file creation is slow on some disks: one worker thread does it, first in
+        # first out, so the event loop keeps going and attempts still start in slot order
+        staging = await asyncio.get_running_loop().run_in_executor(
+            self._fs, _make_staging, out_dir, number, state.prompt or ""
+        )
         number = int(staging.name.rsplit("-", 1)[1])
         prompt_file = staging / META_DIR / PROMPT
         spec = AttemptSpec(
@@ -806,12 +813,14 @@ class Promoter:
                         future.set_exception(error)
 
 
-async def _acquire(lock: PartitionLock, wait_s: float) -> bool:
-    """Take `lock`, polling for up to `wait_s` seconds without blocking the event loop
-    (so Ctrl-C and other partitions' timeouts still work while waiting)."""
+async def _acquire(lock: PartitionLock, wait_s: float, fs: Executor_) -> bool:
+    """Take `lock` in the file-system thread `fs` (the first take creates the lock
+    file), polling for up to `wait_s` seconds without blocking the event loop (so
+    Ctrl-C and other partitions' timeouts still work while waiting)."""
+    loop = asyncio.get_running_loop()
     deadline = time.monotonic() + wait_s
     delay = 0.005
-    while not lock.try_acquire():
+    while not await loop.run_in_executor(fs, lock.try_acquire):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))

@@ -400,7 +400,11 @@ class PartitionLock:
 
     def __init__(self, root: Path, stage: str, partition: str) -> None:
         self._path = lock_path(root, stage, partition)
-        self._lock = filelock.FileLock(str(self._path), is_singleton=False, preserve_lock_file=True)
+        # thread_local=False: orch may take it in its file-system worker thread and
+        # release it on the event loop's thread
+        self._lock = filelock.FileLock(
+            str(self._path), is_singleton=False, preserve_lock_file=True, thread_local=False
+        )
 
     def try_acquire(self, timeout_s: float = 0.0) -> bool:
         """Acquire within `timeout_s` seconds (0: don't wait); False if held elsewhere."""
