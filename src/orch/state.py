@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -433,12 +432,3 @@ def is_locked(root: Path, stage: str, partition: str) -> bool:
         lock.release()
         return False
     return True
-
-
-@contextlib.contextmanager
-def held(lock: PartitionLock) -> Iterator[None]:
-    """Release `lock` on exit (it must already be acquired)."""
-    try:
-        yield
-    finally:
-        lock.release()

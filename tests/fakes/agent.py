@@ -62,6 +62,14 @@ def log_invocation(partition: str, action: str, prompt: str, cli: bool = False) 
         handle.write(json.dumps(record) + "\n")
 
 
+def current_step() -> tuple[str, dict]:
+    """Return this invocation's partition id and its scripted behaviour."""
+    partition = os.environ.get("ORCH_PARTITION", "?")
+    script_path = os.environ.get("FAKE_AGENT_SCRIPT")
+    script = json.loads(Path(script_path).read_text()) if script_path else {}
+    return partition, behaviour(script, partition, os.environ.get("FAKE_AGENT_LOG"))
+
+
 def behaviour(script: dict, partition: str, log_path: str | None) -> dict:
     plan = script.get(partition, script.get("default", {"action": "succeed"}))
     if isinstance(plan, dict):
@@ -84,11 +92,7 @@ def main() -> int:
 
 
 def act() -> int:
-    partition = os.environ.get("ORCH_PARTITION", "?")
-    script_path = os.environ.get("FAKE_AGENT_SCRIPT")
-    script = json.loads(Path(script_path).read_text()) if script_path else {}
-    log_path = os.environ.get("FAKE_AGENT_LOG")
-    step = behaviour(script, partition, log_path)
+    partition, step = current_step()
     action = step.get("action", "succeed")
     prompt = sys.stdin.read()
     log_invocation(partition, action, prompt)

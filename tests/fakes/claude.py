@@ -19,13 +19,12 @@ argv and the telemetry variables it saw. Actions:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from agent import DEFAULT_FILES, behaviour, log_invocation
+from agent import DEFAULT_FILES, current_step, log_invocation
 
 
 def result_object(step: dict, is_error: bool, text: str) -> dict:
@@ -51,10 +50,7 @@ def result_object(step: dict, is_error: bool, text: str) -> dict:
 
 
 def main() -> int:
-    partition = os.environ.get("ORCH_PARTITION", "?")
-    script_path = os.environ.get("FAKE_AGENT_SCRIPT")
-    script = json.loads(Path(script_path).read_text()) if script_path else {}
-    step = behaviour(script, partition, os.environ.get("FAKE_AGENT_LOG"))
+    partition, step = current_step()
     action = step.get("action", "succeed")
     prompt = sys.stdin.read()
     log_invocation(partition, action, prompt, cli=True)

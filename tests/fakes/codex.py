@@ -16,13 +16,12 @@ invocations are logged to $FAKE_AGENT_LOG. Actions:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from agent import DEFAULT_FILES, behaviour, log_invocation
+from agent import DEFAULT_FILES, current_step, log_invocation
 
 
 def emit(event: dict) -> None:
@@ -30,10 +29,7 @@ def emit(event: dict) -> None:
 
 
 def main() -> int:
-    partition = os.environ.get("ORCH_PARTITION", "?")
-    script_path = os.environ.get("FAKE_AGENT_SCRIPT")
-    script = json.loads(Path(script_path).read_text()) if script_path else {}
-    step = behaviour(script, partition, os.environ.get("FAKE_AGENT_LOG"))
+    partition, step = current_step()
     action = step.get("action", "succeed")
     prompt = sys.stdin.read() if sys.argv[-1] == "-" else sys.argv[-1]
     log_invocation(partition, action, prompt, cli=True)
