@@ -173,6 +173,21 @@ def test_a_persistent_500_fails_the_partition_with_the_error_recorded(make_proje
     assert f"last error: {error}" in shown.stdout
 
 
+def test_a_200_that_is_not_a_chat_completion_fails_the_attempt_saying_so(make_project, monkeypatch, server):
+    server.script = {"default": {"action": "page"}}
+    project = openai_project(make_project, monkeypatch, server, agent={"reply_file": "out.md"}, retries=0)
+
+    result = project.orch("stage", "run", "work")
+
+    assert result.returncode == 3, result.stderr
+    (archived,) = project.root.glob("wip/attempts/work/item01/*/.orch/error.json")
+    record = json.loads(archived.read_text())
+    assert record["error_class"] == "agent_error"
+    assert record["error"].startswith(f"{server.url} did not answer like a Chat Completions endpoint")
+    assert "Sign in to continue" in record["error"]
+    assert not (project.root / "data/work/item01").exists()
+
+
 def test_streaming_in_tools_mode_writes_files_and_records_usage(make_project, monkeypatch, server):
     server.script = {"default": {"action": "tools", "files": THREE_FILES, "per_turn": 3}}
     project = openai_project(make_project, monkeypatch, server, agent={"stream": True})

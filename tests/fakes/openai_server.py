@@ -18,6 +18,7 @@ Steps (`action`):
     status      answer HTTP `status` with an OpenAI error body; optional
                 `retry_after` (seconds, Retry-After) and `retry_after_ms`
     disconnect  close the connection without answering
+    page        answer 200 with an HTML page (`text`), as a misconfigured proxy does
 
 Any step may add `delay` (seconds) on top of the server's `--latency`.
 
@@ -176,6 +177,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if action == "status":
             self._status(step)
+            return
+        if action == "page":
+            data = step.get("text", "<html><body>Sign in to continue</body></html>").encode()
+            head = f"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {len(data)}\r\n\r\n"
+            self.wfile.write(head.encode() + data)
             return
         message = self._message(key, step, body)
         if body.get("stream"):

@@ -20,6 +20,7 @@ import email.utils
 import errno
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -261,15 +262,47 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 class _Transcript:
-    """JSON lines appended to `.orch/agent.log`: one per request, response, tool call, error."""
+    """JSON lines for `.orch/agent.log`: one per request, response, tool call, error.
 
-    def __init__(self, handle: IO[str]) -> None:
-        self.handle = handle
+    Lines are buffered and written by `flush` or `close`, which the backend
+    runs in a worker thread (file creation costs about 0.5 ms on some disks,
+    too long for the event loop at 100-way concurrency). The file is created
+    and the request line written while that request is in flight, so a long
+    request's log can be read as it runs. A lock keeps a late flush from a
+    timed-out attempt from interleaving with the final close.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lines: list[str] = []
+        self._handle: IO[str] | None = None
+        self._lock = threading.Lock()
 
     def write(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"orch": event, **fields}, ensure_ascii=False, default=str)
-        self.handle.write(line + "\n")
-        self.handle.flush()
+        """Buffer one line: `{"orch": event, **fields}`."""
+        self._lines.append(json.dumps({"orch": event, **fields}, ensure_ascii=False, default=str) + "\n")
+
+    def flush(self) -> None:
+        """Append the buffered lines to the log (blocking; creates the file the first time)."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            if self._handle is None:
+                self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+            self._handle.write("".join(lines))
+            self._handle.flush()
+
+    @property
+    def closed(self) -> bool:
+        """True when every line is written and the file is closed (or was never needed)."""
+        return not self._lines and self._handle is None
+
+    def close(self) -> None:
+        """Flush and close the log (blocking); the log exists afterwards even if empty."""
+        self.flush()
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
 
 
 class _Failure(Exception):
@@ -306,6 +339,17 @@ class OpenAIBackend:
         self._limiter: AgentLimiter | None = None
         self._client: Any = None
         self._sdk: Any = None
+        self._stream_cls: Any = None
+        self._importer: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        """Start importing the SDK in a thread, once (see `LocalExecutor.warm_up`).
+
+        Not a daemon thread: the interpreter waits for it rather than exit mid-import.
+        """
+        if self._importer is None:
+            self._importer = threading.Thread(target=_import_sdk, name="orch-openai-import")
+            self._importer.start()
 
     def use_limiter(self, limiter: AgentLimiter) -> None:
         """Pace every request (not only every attempt) through the agent's limiter."""
@@ -336,6 +380,7 @@ class OpenAIBackend:
         import openai as openai_sdk
 
         self._sdk = openai_sdk
+        self._stream_cls = openai_sdk.AsyncStream[object]
         timeout = httpx2.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))
         self._client = openai_sdk.AsyncOpenAI(
             api_key=key,
@@ -347,20 +392,30 @@ class OpenAIBackend:
         return self._client
 
     async def run(self, spec: AttemptSpec) -> AttemptResult:
-        """Run one attempt: a reply to `reply_file`, or a write_file conversation."""
-        with open(spec.log_path, "a", encoding="utf-8") as log:
-            transcript = _Transcript(log)
+        """Run one attempt: a reply to `reply_file`, or a write_file conversation.
+
+        Files (the transcript, the reply, the model's write_file calls) are
+        written in worker threads, never on the event loop.
+        """
+        transcript = _Transcript(spec.log_path)
+        try:
             try:
                 client = self._get_client()
                 if self.mode == "reply":
-                    return await self._reply(client, spec, transcript)
-                return await self._tools(client, spec, transcript)
+                    result = await self._reply(client, spec, transcript)
+                else:
+                    result = await self._tools(client, spec, transcript)
             except _Failure as failure:
                 transcript.write("failed", error=failure.result.error, error_class=failure.result.error_class)
-                return failure.result
-            except asyncio.CancelledError:
+                result = failure.result
+        except BaseException as err:  # timeout, interrupt or a bug: keep what the log has
+            if isinstance(err, asyncio.CancelledError):
                 transcript.write("cancelled", note="timeout or interrupt; the request was abandoned")
-                raise
+            transcript.close()
+            raise
+        if not transcript.closed:
+            await asyncio.to_thread(transcript.close)
+        return result
 
     def _messages(self, prompt: str) -> list[dict[str, Any]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -374,11 +429,17 @@ class OpenAIBackend:
         if not isinstance(text, str) or not text.strip():
             error = f"the model returned no reply text (finish_reason {finish})"
             return AttemptResult(False, error, "agent_error", usage=usage)
+        return await asyncio.to_thread(self._write_reply, spec.work_dir, text, usage, transcript)
+
+    def _write_reply(self, work_dir: Path, text: str, usage: Usage, transcript: _Transcript) -> AttemptResult:
+        """Write the reply file and close the transcript (blocking: one worker-thread hop for both)."""
+        assert self.reply_file is not None
         try:
-            written = write_confined(spec.work_dir, self.reply_file, text)
+            written = write_confined(work_dir, self.reply_file, text)
         except PathRejected as err:
             return AttemptResult(False, f"reply_file {self.reply_file}: {err}", "agent_error", usage=usage)
         transcript.write("wrote", path=written, bytes=len(text.encode("utf-8")))
+        transcript.close()
         return AttemptResult(True, usage=usage)
 
     async def _tools(self, client: Any, spec: AttemptSpec, transcript: _Transcript) -> AttemptResult:
@@ -390,11 +451,17 @@ class OpenAIBackend:
             calls = message.get("tool_calls") or []
             if not calls:
                 return AttemptResult(True, usage=usage)
-            for call in calls:
-                outcome = self._tool_call(spec.work_dir, call, transcript)
-                messages.append({"role": "tool", "tool_call_id": call.get("id") or "", "content": outcome})
+            outcomes = await asyncio.to_thread(self._tool_calls, spec.work_dir, calls, transcript)
+            messages.extend(
+                {"role": "tool", "tool_call_id": call.get("id") or "", "content": outcome}
+                for call, outcome in zip(calls, outcomes, strict=True)
+            )
         transcript.write("max_turns", turns=self.max_turns, note="stopped; the outputs decide the attempt")
         return AttemptResult(True, usage=usage)
+
+    def _tool_calls(self, work_dir: Path, calls: list[dict[str, Any]], transcript: _Transcript) -> list[str]:
+        """Run one turn's tool calls in order (blocking); return the results the model sees."""
+        return [self._tool_call(work_dir, call, transcript) for call in calls]
 
     def _tool_call(self, work_dir: Path, call: dict[str, Any], transcript: _Transcript) -> str:
         """Run one tool call; return the tool result text the model sees."""
@@ -433,20 +500,31 @@ class OpenAIBackend:
         """
         if self._limiter is not None:
             await self._limiter.pace()
-        params: dict[str, Any] = {"model": self.model, "messages": messages}
+        body: dict[str, Any] = {**self.options, "model": self.model, "messages": messages}
         if self.mode == "tools":
-            params["tools"] = [WRITE_FILE_TOOL]
+            body["tools"] = [WRITE_FILE_TOOL]
         if self.stream:
-            params["stream"] = True
-            params["stream_options"] = {"include_usage": True}
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
         if turn == 1:
-            transcript.write("request", turn=turn, base_url=self.base_url, options=self.options, **params)
+            shown = {k: v for k, v in body.items() if k not in self.options}
+            transcript.write("request", turn=turn, base_url=self.base_url, options=self.options, **shown)
         else:
             transcript.write("request", turn=turn, new_messages=self._tail(messages))
+        # the log is written in a thread while the request is in flight
+        logged = asyncio.get_running_loop().run_in_executor(None, transcript.flush)
         started = time.monotonic()
         try:
-            response = await client.chat.completions.create(
-                **params, extra_body=self.options or None, extra_headers=self.headers or None
+            # client.post with a plain dict: the typed chat.completions.create spends
+            # about 1.4 ms of CPU per request transforming the body and building
+            # response models (profile of bench/openai_fanout.py); orch needs only the JSON
+            response = await client.post(
+                "/chat/completions",
+                cast_to=object,
+                body=body,
+                options={"headers": self.headers} if self.headers else {},
+                stream=self.stream,
+                stream_cls=self._stream_cls if self.stream else None,
             )
             if self.stream:
                 message, finish, reported, response_id = await _collect_stream(response)
@@ -464,6 +542,8 @@ class OpenAIBackend:
                 retry_after_s=failure.retry_after_s,
             )
             raise _Failure(failure) from err
+        finally:
+            await logged
         usage = usage + self._usage(reported)
         transcript.write(
             "response",
@@ -542,6 +622,9 @@ class OpenAIBackend:
             return AttemptResult(
                 False, f"connection to {where} broke mid-response: {_short(err)}", "http_5xx", usage=spent
             )
+        if isinstance(err, _NotChatCompletion):
+            message = f"{where} did not answer like a Chat Completions endpoint: {err}"
+            return AttemptResult(False, message, "agent_error", usage=spent)
         if isinstance(err, sdk.APIError):
             return AttemptResult(False, f"error from {where}: {_short(err)}", "agent_error", usage=spent)
         return None
@@ -551,6 +634,16 @@ class OpenAIBackend:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _import_sdk() -> None:
+    """Import the SDK and its transports (any ImportError shows when the client is made)."""
+    with contextlib.suppress(ImportError):
+        import httpx2  # noqa: F401
+        import openai  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        import aiohttp  # noqa: F401
 
 
 def _http_client(openai_sdk: Any, httpx2: Any, pool_size: int | None, timeout: Any) -> Any:
@@ -600,55 +693,74 @@ def _short(text: Any) -> str:
 _Reply = tuple[dict[str, Any], str | None, dict[str, Any] | None, str | None]
 
 
+class _NotChatCompletion(Exception):
+    """The endpoint answered 2xx with something that is not a Chat Completions response."""
+
+
 def _read_response(response: Any) -> _Reply:
-    """Return (assistant message as a dict, finish_reason, usage dict, response id)."""
-    choice = response.choices[0] if response.choices else None
-    message: dict[str, Any] = {"role": "assistant", "content": None}
-    finish = None
-    if choice is not None:
-        finish = choice.finish_reason
-        message["content"] = choice.message.content
-        calls = choice.message.tool_calls or []
-        if calls:
-            message["tool_calls"] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.function.name, "arguments": call.function.arguments},
-                }
-                for call in calls
-                if getattr(call, "function", None) is not None
-            ]
-    usage = _usage_dict(response.usage)
-    return message, finish, usage, response.id
+    """Return (assistant message, finish_reason, usage, response id) from a response's JSON.
+
+    Raises:
+        _NotChatCompletion: not a JSON object (an HTML page from a proxy, say).
+    """
+    if not isinstance(response, dict):
+        raise _NotChatCompletion(f"expected a JSON object, got {_short(response)!r}")
+    choices = response.get("choices") or []
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    raw = choice.get("message")
+    if not isinstance(raw, dict):
+        raw = {}
+    message: dict[str, Any] = {"role": "assistant", "content": raw.get("content")}
+    calls = [
+        {
+            "id": call.get("id"),
+            "type": "function",
+            "function": {
+                "name": call["function"].get("name"),
+                "arguments": call["function"].get("arguments"),
+            },
+        }
+        for call in raw.get("tool_calls") or []
+        if isinstance(call, dict) and isinstance(call.get("function"), dict)
+    ]
+    if calls:
+        message["tool_calls"] = calls
+    return message, choice.get("finish_reason"), _usage_dict(response.get("usage")), response.get("id")
 
 
 async def _collect_stream(stream: Any) -> _Reply:
-    """Accumulate a streamed response: text deltas, tool-call deltas by index, final usage."""
+    """Accumulate a streamed response: text deltas, tool-call deltas by index, final usage.
+
+    Raises:
+        _NotChatCompletion: a chunk that is not a JSON object.
+    """
     parts: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     finish = None
     usage = None
     response_id = None
     async for chunk in stream:
-        response_id = response_id or chunk.id
-        if chunk.usage is not None:
-            usage = _usage_dict(chunk.usage)
-        for choice in chunk.choices[:1]:
-            delta = choice.delta
-            if delta.content:
-                parts.append(delta.content)
-            for piece in delta.tool_calls or []:
+        if not isinstance(chunk, dict):
+            raise _NotChatCompletion(f"expected JSON objects in the stream, got {_short(chunk)!r}")
+        response_id = response_id or chunk.get("id")
+        if chunk.get("usage"):
+            usage = _usage_dict(chunk["usage"])
+        for choice in (chunk.get("choices") or [])[:1]:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                parts.append(delta["content"])
+            for piece in delta.get("tool_calls") or []:
                 entry = calls.setdefault(
-                    piece.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                    piece.get("index", 0),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
                 )
-                if piece.id:
-                    entry["id"] = piece.id
-                if piece.function is not None:
-                    entry["function"]["name"] += piece.function.name or ""
-                    entry["function"]["arguments"] += piece.function.arguments or ""
-            if choice.finish_reason:
-                finish = choice.finish_reason
+                if piece.get("id"):
+                    entry["id"] = piece["id"]
+                function = piece.get("function") or {}
+                entry["function"]["name"] += function.get("name") or ""
+                entry["function"]["arguments"] += function.get("arguments") or ""
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
     message: dict[str, Any] = {"role": "assistant", "content": "".join(parts) if parts else None}
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
@@ -656,11 +768,12 @@ async def _collect_stream(stream: Any) -> _Reply:
 
 
 def _usage_dict(usage: Any) -> dict[str, Any] | None:
-    if usage is None:
+    """The token counts orch reads from a response's `usage` object, or None."""
+    if not isinstance(usage, dict):
         return None
-    details = getattr(usage, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) if details is not None else None
-    result = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+    result = {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     if cached is not None:
         result["prompt_tokens_details"] = {"cached_tokens": cached}
     return result
