@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,12 +43,16 @@ class Finding:
 
 
 class SchemaStore:
-    """JSON Schema validators loaded once per project from project-relative paths."""
+    """JSON Schema validators loaded once per project from project-relative paths.
+
+    Safe to share between threads: the scheduler checks outputs in worker threads.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._validators: dict[str, Any] = {}
         self._digests: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def validator(self, rel: str) -> Any:
         """Return a jsonschema validator for `root/rel`.
@@ -55,38 +60,44 @@ class SchemaStore:
         Raises:
             ConfigError: the schema is missing, not JSON, or not a valid schema.
         """
-        if rel not in self._validators:
-            import jsonschema
-
-            path = self.root / rel
-            try:
-                schema = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise ConfigError(
-                    f"{rel}: schema file not found (named by an expect rule in orch.yaml)"
-                ) from None
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"{rel}: cannot read JSON schema: {err}") from err
-            if not isinstance(schema, dict | bool | list):
-                raise ConfigError(
-                    f"{rel}: invalid JSON Schema: expected an object, got {type(schema).__name__}"
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", DeprecationWarning)
-                try:
-                    cls = jsonschema.validators.validator_for(schema)
-                except DeprecationWarning:
-                    raise ConfigError(
-                        f"{rel}: invalid JSON Schema: unknown $schema "
-                        f"{schema.get('$schema') if isinstance(schema, dict) else None!r}",
-                        "use https://json-schema.org/draft/2020-12/schema, or omit $schema",
-                    ) from None
-            try:
-                cls.check_schema(schema)
-            except jsonschema.SchemaError as err:
-                raise ConfigError(f"{rel}: invalid JSON Schema: {err.message}") from err
-            self._validators[rel] = cls(schema)
+        validator = self._validators.get(rel)
+        if validator is not None:
+            return validator
+        with self._lock:  # one load per schema; warnings.catch_warnings is process-wide
+            if rel not in self._validators:
+                self._validators[rel] = self._load(rel)
         return self._validators[rel]
+
+    def _load(self, rel: str) -> Any:
+        """Read, check and compile the schema at `root/rel` (see `validator`)."""
+        import jsonschema
+
+        path = self.root / rel
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{rel}: schema file not found (named by an expect rule in orch.yaml)"
+            ) from None
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{rel}: cannot read JSON schema: {err}") from err
+        if not isinstance(schema, dict | bool | list):
+            raise ConfigError(f"{rel}: invalid JSON Schema: expected an object, got {type(schema).__name__}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            try:
+                cls = jsonschema.validators.validator_for(schema)
+            except DeprecationWarning:
+                raise ConfigError(
+                    f"{rel}: invalid JSON Schema: unknown $schema "
+                    f"{schema.get('$schema') if isinstance(schema, dict) else None!r}",
+                    "use https://json-schema.org/draft/2020-12/schema, or omit $schema",
+                ) from None
+        try:
+            cls.check_schema(schema)
+        except jsonschema.SchemaError as err:
+            raise ConfigError(f"{rel}: invalid JSON Schema: {err.message}") from err
+        return cls(schema)
 
     def schema(self, rel: str) -> Any:
         """Return the parsed schema document at `rel`."""

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 EventSink = Callable[[dict[str, Any]], None]
 
 
@@ -37,7 +39,7 @@ class RunLog:
         self.dir = root / "wip" / "runs" / run_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "events.jsonl"
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._handle = open(self.path, "ab")  # noqa: SIM115 - closed in close()
         self._sinks = sinks or []
         self._noted = False
 
@@ -47,7 +49,7 @@ class RunLog:
         `ts` is Unix time in seconds (float).
         """
         record = {"ts": round(time.time(), 6), "event": event, "run_id": self.run_id, **fields}
-        self._handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+        self._handle.write(orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS) + b"\n")
         self._handle.flush()
         for sink in self._sinks:
             sink(record)

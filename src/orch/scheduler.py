@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -26,16 +27,17 @@ from orch.backends import AttemptResult, AttemptSpec, Usage
 from orch.barriers import BarrierReport, check_barrier
 from orch.errors import BlueprintError
 from orch.executors import Executor, LocalExecutor
-from orch.expect import META_DIR, check_outputs
+from orch.expect import META_DIR, Finding, SchemaStore, check_outputs
 from orch.partitions import Partition
 from orch.plan import PartitionState, Planner, Status
 from orch.processes import kill_orphans
-from orch.project import AgentConfig, Stage
+from orch.project import AgentConfig, ExpectRule, Stage
 from orch.runlog import EventSink, RunLog, new_run_id
 from orch.state import (
     AGENT_LOG,
     PROMPT,
     Manifest,
+    OutputFile,
     PartitionLock,
     archive_attempt,
     collect_outputs,
@@ -154,6 +156,7 @@ class Scheduler:
         self._futures: dict[ChildKey, asyncio.Future[Outcome]] = {}
         self._tasks: list[asyncio.Task[Outcome]] = []
         self._stage_limits: dict[str, asyncio.Semaphore] = {}
+        self._ahead_limits: dict[str, asyncio.Semaphore] = {}
         self._global: asyncio.Semaphore | None = None
         self._halted: str | None = None
         self._stopping = False
@@ -324,26 +327,61 @@ class Scheduler:
         finally:
             lock.release()
 
-    async def _lock(
+    async def _prepare(
         self,
         partition: Partition,
         agent: AgentConfig,
         lock: PartitionLock,
         manifests: dict[ChildKey, Manifest | None],
-    ) -> PartitionState | Outcome:
-        """Take the partition lock (once a slot is ours: a lock is an open file, and
-        10k waiting partitions must not hold 10k of them), clean a dead run's staging
-        dirs, and look again: another orch process may have completed it meanwhile."""
-        if not await _acquire(lock, self.options.wait_locks_s, self._fs):
-            reason = "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
-            self.log.emit("skipped", stage=partition.stage, partition=partition.id, reason=reason)
-            return Outcome(partition.stage, partition.id, "held", reason)
-        self._clean_dead_staging(partition)
-        state = self.planner.assess(partition, agent, manifests, holding_lock=True)
-        selected, why = self._select(state)
-        if not selected:
-            return self._not_selected(partition, state, why)
-        return state
+        slot: contextlib.AsyncExitStack,
+    ) -> tuple[PartitionState, Path] | Outcome:
+        """Get the partition ready to run, then enter its run slot on `slot`.
+
+        Preparing — taking the partition lock, cleaning a dead run's staging
+        dirs, looking again (another orch process may have completed it
+        meanwhile) and creating the first staging directory — happens while
+        earlier partitions still run, so a freed slot never waits for file
+        creation (slow on some disks: bench/openai_fanout.py). At most as many
+        partitions are prepared ahead as the stage runs at once: a lock is an
+        open file, and 10k waiting partitions must not hold 10k of them.
+        Preparation goes through one FIFO file-system thread, so partitions
+        still reach their slots in start order.
+
+        Returns:
+            The state and the staging directory, or the Outcome if the
+            partition is held by another process or no longer needs to run.
+        """
+        stage = self.ws.project.stage(partition.stage)
+        self.executor.warm_up(agent)
+        async with self._ahead(stage):
+            if not await _acquire(lock, self.options.wait_locks_s, self._fs):
+                reason = "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
+                self.log.emit("skipped", stage=partition.stage, partition=partition.id, reason=reason)
+                return Outcome(partition.stage, partition.id, "held", reason)
+            self._clean_dead_staging(partition)
+            state = self.planner.assess(partition, agent, manifests, holding_lock=True)
+            selected, why = self._select(state)
+            if not selected:
+                return self._not_selected(partition, state, why)
+            staging = await self._make_staging(
+                partition, state, self.planner.last_attempt_number(partition, state.manifest) + 1
+            )
+            try:
+                await slot.enter_async_context(self._slots(stage))
+            except BaseException:  # interrupted while waiting: nothing ran in it
+                _discard_staging(staging)
+                raise
+        return state, staging
+
+    async def _make_staging(self, partition: Partition, state: PartitionState, number: int) -> Path:
+        """Create attempt `number`'s staging directory with its prompt (in the FIFO file-system thread)."""
+        out_dir = self.ws.root / partition.out_dir
+        if out_dir.parent not in self._parents:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            self._parents.add(out_dir.parent)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._fs, _make_staging, out_dir, number, state.prompt or ""
+        )
 
     def _not_selected(self, partition: Partition, state: PartitionState, why: str) -> Outcome:
         if state.is_complete:
@@ -445,21 +483,25 @@ class Scheduler:
             halt = self._halt_reason(stage)
             if halt:
                 return Outcome(stage.name, partition.id, "halted", halt, len(history))
-            async with self._slots(stage):
+            async with contextlib.AsyncExitStack() as slot:
+                prepared: Path | None = None
+                if index == 0:
+                    ready = await self._prepare(partition, agent, lock, manifests, slot)
+                    if isinstance(ready, Outcome):
+                        return ready
+                    state, prepared = ready
+                else:
+                    await slot.enter_async_context(self._slots(stage))
                 if self._halt_reason(stage):
+                    if prepared is not None:
+                        _discard_staging(prepared)
                     return Outcome(
                         stage.name, partition.id, "halted", self._halt_reason(stage) or "", len(history)
                     )
-                if index == 0:
-                    locked = await self._lock(partition, agent, lock, manifests)
-                    if isinstance(locked, Outcome):
-                        return locked
-                    state = locked
-                    number = self.planner.last_attempt_number(partition, state.manifest)
-                number += 1
+                number = int(prepared.name.rsplit("-", 1)[1]) if prepared else number + 1
                 started = time.time()
-                result, staging = await self._run_attempt(
-                    partition, stage, agent, state, number, why if index == 0 else "retry"
+                result, staging, outputs = await self._run_attempt(
+                    partition, stage, agent, state, number, why if index == 0 else "retry", prepared
                 )
                 number = int(staging.name.rsplit("-", 1)[1])
                 # budgets and --halt-on must see this attempt before its slot goes
@@ -476,7 +518,7 @@ class Scheduler:
             history.append(record)
             if result.ok:
                 return await self._complete(
-                    partition, stage, agent, state, history, staging, started, usage_total, why
+                    partition, stage, agent, state, history, staging, outputs, started, usage_total, why
                 )
             archive = await asyncio.to_thread(
                 archive_attempt, self.ws.root, stage.name, partition.id, staging, record
@@ -504,14 +546,15 @@ class Scheduler:
         state: PartitionState,
         history: list[dict[str, Any]],
         staging: Path,
+        outputs: list[OutputFile],
         started: float,
         usage_total: Usage | None,
         why: str,
     ) -> Outcome:
         """Write the manifest and promote a passing attempt (group commit)."""
         record = history[-1]
-        manifest = await asyncio.to_thread(
-            self._manifest, partition, agent, state, record["n"], history, staging, started, usage_total
+        manifest = self._manifest(
+            partition, agent, state, record["n"], history, outputs, started, usage_total
         )
         try:
             await self._promoter.promote(staging, self.ws.root / partition.out_dir, manifest)
@@ -551,16 +594,17 @@ class Scheduler:
         state: PartitionState,
         number: int,
         why: str,
-    ) -> tuple[AttemptResult, Path]:
+        staging: Path | None = None,
+    ) -> tuple[AttemptResult, Path, list[OutputFile]]:
+        """Run attempt `number` in `staging` (created now if not prepared) and check its outputs.
+
+        Returns:
+            The result (failed by the expect rules if they fail), the staging
+            directory, and the outputs for the manifest (empty unless passing).
+        """
         out_dir = self.ws.root / partition.out_dir
-        if out_dir.parent not in self._parents:
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self._parents.add(out_dir.parent)
-        # file creation is slow on some disks: one worker thread does it, first in
-        # first out, so the event loop keeps going and attempts still start in slot order
-        staging = await asyncio.get_running_loop().run_in_executor(
-            self._fs, _make_staging, out_dir, number, state.prompt or ""
-        )
+        if staging is None:
+            staging = await self._make_staging(partition, state, number)
         number = int(staging.name.rsplit("-", 1)[1])
         prompt_file = staging / META_DIR / PROMPT
         spec = AttemptSpec(
@@ -608,15 +652,16 @@ class Scheduler:
             raise
         except Exception as err:  # a backend bug must fail one partition, not the run
             result = AttemptResult(False, f"agent backend error: {type(err).__name__}: {err}", "agent_error")
-        if result.ok:
-            findings = check_outputs(staging, stage.expect, self.ws.schemas)
+        outputs: list[OutputFile] = []
+        if result.ok:  # reads every output: off the event loop
+            findings, outputs = await asyncio.to_thread(_inspect, staging, stage.expect, self.ws.schemas)
             if findings:
                 shown = "; ".join(str(f) for f in findings[:3])
                 more = f" (+{len(findings) - 3} more)" if len(findings) > 3 else ""
                 result = AttemptResult(
                     False, f"output checks failed: {shown}{more}", "checks", result.exit_code, result.usage
                 )
-        return result, staging
+        return result, staging, outputs
 
     def _manifest(
         self,
@@ -625,15 +670,11 @@ class Scheduler:
         state: PartitionState,
         number: int,
         history: list[dict[str, Any]],
-        staging: Path,
+        outputs: list[OutputFile],
         started: float,
         usage: Usage | None,
     ) -> Manifest:
         assert state.fingerprint is not None
-        log = staging / META_DIR / AGENT_LOG
-        if not log.exists():  # every partition has its log, even a silent agent's
-            log.touch()
-        outputs = collect_outputs(staging)
         fp = state.fingerprint
         manifest = Manifest(
             stage=partition.stage,
@@ -702,12 +743,20 @@ class Scheduler:
 
     def _stage_limit(self, stage: Stage) -> asyncio.Semaphore:
         if stage.name not in self._stage_limits:
-            single = len(self.options.stages) == 1
-            size = (
-                (self.options.max_parallel if single else None) or stage.max_parallel or _default_parallel()
-            )
-            self._stage_limits[stage.name] = asyncio.Semaphore(int(size))
+            self._stage_limits[stage.name] = asyncio.Semaphore(self._stage_parallel(stage))
         return self._stage_limits[stage.name]
+
+    def _ahead(self, stage: Stage) -> asyncio.Semaphore:
+        """How many of the stage's partitions may be prepared (locked, staged) and not yet running."""
+        if stage.name not in self._ahead_limits:
+            self._ahead_limits[stage.name] = asyncio.Semaphore(self._stage_parallel(stage))
+        return self._ahead_limits[stage.name]
+
+    def _stage_parallel(self, stage: Stage) -> int:
+        single = len(self.options.stages) == 1
+        return int(
+            (self.options.max_parallel if single else None) or stage.max_parallel or _default_parallel()
+        )
 
     def _is_retryable(self, stage: Stage, result: AttemptResult) -> bool:
         if self._stopping:
@@ -848,6 +897,29 @@ def _attempt_record(number: int, started: float, result: AttemptResult) -> dict[
         "exit_code": result.exit_code,
         "usage": result.usage.to_json() if result.usage else {},
     }
+
+
+def _inspect(
+    staging: Path, expect: tuple[ExpectRule, ...], schemas: SchemaStore
+) -> tuple[list[Finding], list[OutputFile]]:
+    """Check a finished attempt's outputs; if they pass, list them for the manifest.
+
+    Blocking (reads every output), so the scheduler runs it in a worker thread,
+    one hop for both. Creates an empty `.orch/agent.log` for a silent agent:
+    every partition has its log.
+    """
+    findings = check_outputs(staging, expect, schemas)
+    if findings:
+        return findings, []
+    log = staging / META_DIR / AGENT_LOG
+    if not log.exists():
+        log.touch()
+    return [], collect_outputs(staging)
+
+
+def _discard_staging(staging: Path) -> None:
+    """Remove a prepared staging directory no attempt ran in (it holds only the prompt)."""
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _make_staging(out_dir: Path, number: int, prompt: str) -> Path:
