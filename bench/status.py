@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-BLUEPRINT = """\
+BLUEPRINT = (
+    """\
 ---
 description: benchmark blueprint
 params:
@@ -37,7 +38,9 @@ params:
 {% for q in QUESTIONS %}- {{ q }}
 {% endfor %}
 {% if GROUP == "g007" %}Extra guidance for one group.{% endif %}
-""" + "An instruction line of realistic length for an analyst's blueprint.\n" * 60
+"""
+    + "An instruction line of realistic length for an analyst's blueprint.\n" * 60
+)
 
 
 def build(root: Path, n: int) -> None:
@@ -47,24 +50,39 @@ def build(root: Path, n: int) -> None:
     (root / "agents").mkdir(parents=True, exist_ok=True)
     (root / "references").mkdir(exist_ok=True)
     (root / "agents/work.md").write_text(BLUEPRINT)
-    rows = [{"ITEM_ID": f"item{i:05d}", "GROUP": f"g{i % 100:03d}",
-             "QUESTIONS": [f"question one about item {i}", "question two"]} for i in range(n)]
+    rows = [
+        {
+            "ITEM_ID": f"item{i:05d}",
+            "GROUP": f"g{i % 100:03d}",
+            "QUESTIONS": [f"question one about item {i}", "question two"],
+        }
+        for i in range(n)
+    ]
     (root / "references/items.yaml").write_text(yaml.safe_dump({"items": rows}))
     config = {
         "agents": {"default": "offline", "offline": {"backend": "rehearsal"}},
-        "stages": {"work": {
-            "blueprint": "agents/work.md",
-            "partitions": {"from": "references/items.yaml", "path": "items", "id": "ITEM_ID"},
-            "output": "data/work/<ITEM_ID>",
-            "expect": [{"file": "out.md", "min_bytes": 50, "headings": ["## Result"]},
-                       {"file": "data.json", "json": True}],
-            "max_parallel": 64,
-        }},
+        "stages": {
+            "work": {
+                "blueprint": "agents/work.md",
+                "partitions": {"from": "references/items.yaml", "path": "items", "id": "ITEM_ID"},
+                "output": "data/work/<ITEM_ID>",
+                "expect": [
+                    {"file": "out.md", "min_bytes": 50, "headings": ["## Result"]},
+                    {"file": "data.json", "json": True},
+                ],
+                "max_parallel": 64,
+            }
+        },
     }
     (root / "orch.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "orch", "stage", "run", "work"], cwd=root, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "orch", "stage", "run", "work"],
+        cwd=root,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     print(f"populated {n} partitions in {time.perf_counter() - started:.1f} s")
 
 
@@ -106,16 +124,20 @@ def main() -> None:
         ("orch status work", best_of([*orch, "status", "work"], root, args.repeat)),
         ("orch plan work", best_of([*orch, "plan", "work"], root, args.repeat)),
         ("orch plan work --json", best_of([*orch, "plan", "work", "--json"], root, args.repeat)),
-        ("floor: read manifests + stat outputs", best_of([sys.executable, "-c", FLOOR], root,
-                                                          args.repeat)),
+        ("floor: read manifests + stat outputs", best_of([sys.executable, "-c", FLOOR], root, args.repeat)),
     ]
-    check = json.loads(subprocess.run([*orch, "status", "--json"], cwd=root, check=True,
-                                      capture_output=True, text=True).stdout)
+    check = json.loads(
+        subprocess.run(
+            [*orch, "status", "--json"], cwd=root, check=True, capture_output=True, text=True
+        ).stdout
+    )
     print(f"{n} partitions ({check[0]['counts']['complete']} complete), best of {args.repeat}:")
     floor = rows[-1][1]
     for label, seconds in rows:
-        print(f"  {label:<40} {seconds:6.3f} s  {seconds / n * 1e6:7.1f} µs/partition  "
-              f"{seconds / floor:4.1f}x floor")
+        print(
+            f"  {label:<40} {seconds:6.3f} s  {seconds / n * 1e6:7.1f} µs/partition  "
+            f"{seconds / floor:4.1f}x floor"
+        )
     verdict = all(s < 1.0 for label, s in rows[:3])
     print(f"target (< 1 s at 10k for status and plan): {'met' if verdict else 'NOT met'}")
 
