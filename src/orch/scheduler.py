@@ -363,7 +363,7 @@ class Scheduler:
             selected, why = self._select(state)
             if not selected:
                 return self._not_selected(partition, state, why)
-            staging = await self._make_staging(
+            staging = await self._new_staging(
                 partition, state, self.planner.last_attempt_number(partition, state.manifest) + 1
             )
             try:
@@ -373,7 +373,7 @@ class Scheduler:
                 raise
         return state, staging
 
-    async def _make_staging(self, partition: Partition, state: PartitionState, number: int) -> Path:
+    async def _new_staging(self, partition: Partition, state: PartitionState, number: int) -> Path:
         """Create attempt `number`'s staging directory with its prompt (in the FIFO file-system thread)."""
         out_dir = self.ws.root / partition.out_dir
         if out_dir.parent not in self._parents:
@@ -604,7 +604,7 @@ class Scheduler:
         """
         out_dir = self.ws.root / partition.out_dir
         if staging is None:
-            staging = await self._make_staging(partition, state, number)
+            staging = await self._new_staging(partition, state, number)
         number = int(staging.name.rsplit("-", 1)[1])
         prompt_file = staging / META_DIR / PROMPT
         spec = AttemptSpec(
