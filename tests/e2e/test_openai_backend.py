@@ -188,6 +188,22 @@ def test_a_200_that_is_not_a_chat_completion_fails_the_attempt_saying_so(make_pr
     assert not (project.root / "data/work/item01").exists()
 
 
+def test_a_stage_timeout_abandons_the_request_and_keeps_the_transcript(make_project, monkeypatch, server):
+    server.script = {"default": {"action": "reply", "delay": 20}}
+    project = openai_project(
+        make_project, monkeypatch, server, agent={"reply_file": "out.md"}, timeout="1s", retries=0
+    )
+
+    result = project.orch("stage", "run", "work", timeout=15)
+
+    assert result.returncode == 3, result.stderr
+    (archive,) = project.root.glob("wip/attempts/work/item01/*")
+    assert json.loads((archive / ".orch/error.json").read_text())["error_class"] == "timeout"
+    assert not (archive / "out.md").exists()
+    kinds = [line["orch"] for line in transcript(archive / ".orch/agent.log")]
+    assert kinds == ["request", "cancelled"]
+
+
 def test_streaming_in_tools_mode_writes_files_and_records_usage(make_project, monkeypatch, server):
     server.script = {"default": {"action": "tools", "files": THREE_FILES, "per_turn": 3}}
     project = openai_project(make_project, monkeypatch, server, agent={"stream": True})
