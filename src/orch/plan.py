@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from orch.errors import StageBlocked
-from orch.expect import Finding, check_outputs
+from orch.expect import META_DIR, Finding, check_outputs
 from orch.partitions import Partition
 from orch.project import AgentConfig, Stage
 from orch.state import (
+    AGENT_LOG,
     Manifest,
     is_locked,
     list_attempts,
     read_error,
     read_manifest,
+    staging_dir,
 )
 from orch.workspace import ChildKey, Fingerprint, Workspace
 
@@ -149,7 +151,12 @@ class Planner:
             exists, staging = name in listing.get("", ()), name in listing
         manifest = read_manifest(out_dir) if exists else None
         if staging and is_locked(self.ws.root, partition.stage, partition.id):
-            return PartitionState(partition, Status.RUNNING, "running in another orch process", manifest)
+            newest = staging_dir(Path(out_dir), max(self.staging_numbers(partition)))
+            if os.path.exists(newest / META_DIR / AGENT_LOG):
+                reason = "running in another orch process"
+            else:  # prepared ahead of its slot (orch.scheduler), no agent started yet
+                reason = "queued in another orch process (locked and prepared; its agent has not started)"
+            return PartitionState(partition, Status.RUNNING, reason, manifest)
         waiting = tuple(k for k in partition.children if manifests.get(k) is None)
         if waiting:
             names = ", ".join(f"{s}/{p}" for s, p in waiting[:3])
@@ -237,11 +244,16 @@ class Planner:
         parent, name = os.path.split(os.path.join(self.ws.root, partition.out_dir))
         return sorted(int(n) for n in self._listing(parent).get(name, []))
 
-    def last_attempt_number(self, partition: Partition, manifest: Manifest | None) -> int:
-        """The highest attempt number on disk: the manifest's, archived, or staging."""
+    def last_attempt_number(
+        self, partition: Partition, manifest: Manifest | None, removed: Set[int] = frozenset()
+    ) -> int:
+        """The highest attempt number on disk: the manifest's, archived, or staging.
+
+        `removed`: staging numbers deleted since the directory was listed.
+        """
         seen = [manifest.attempt] if manifest else []
         seen += [n for n, _ in self.archived(partition)]
-        seen += self.staging_numbers(partition)
+        seen += [n for n in self.staging_numbers(partition) if n not in removed]
         return max(seen, default=0)
 
     def has_staging(self, partition: Partition) -> bool:

@@ -358,13 +358,13 @@ class Scheduler:
                 reason = "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
                 self.log.emit("skipped", stage=partition.stage, partition=partition.id, reason=reason)
                 return Outcome(partition.stage, partition.id, "held", reason)
-            self._clean_dead_staging(partition)
+            removed = self._clean_dead_staging(partition)
             state = self.planner.assess(partition, agent, manifests, holding_lock=True)
             selected, why = self._select(state)
             if not selected:
                 return self._not_selected(partition, state, why)
             staging = await self._new_staging(
-                partition, state, self.planner.last_attempt_number(partition, state.manifest) + 1
+                partition, state, self.planner.last_attempt_number(partition, state.manifest, removed) + 1
             )
             try:
                 await slot.enter_async_context(self._slots(stage))
@@ -436,12 +436,24 @@ class Scheduler:
             return False, "complete"
         return True, state.reason
 
-    def _clean_dead_staging(self, partition: Partition) -> None:
-        """Archive staging directories left by a dead run (we hold the lock)."""
+    def _clean_dead_staging(self, partition: Partition) -> set[int]:
+        """Archive staging directories left by a dead run (we hold the lock).
+
+        One that was only prepared (no agent ever ran in it) is removed instead:
+        it was no attempt. Returns the attempt numbers removed that way.
+        """
         out_dir = self.ws.root / partition.out_dir
+        removed = set()
         for number in self.planner.staging_numbers(partition):
             path = staging_dir(out_dir, number)
             if not path.exists():
+                continue
+            if _never_started(path):
+                _discard_staging(path)
+                removed.add(number)
+                self.log.emit(
+                    "cleaned", stage=partition.stage, partition=partition.id, attempt=number, started=False
+                )
                 continue
             killed = kill_orphans(path)
             if killed:
@@ -465,6 +477,7 @@ class Scheduler:
                 },
             )
             self.log.emit("cleaned", stage=partition.stage, partition=partition.id, attempt=number)
+        return removed
 
     async def _attempts(
         self,
@@ -915,6 +928,19 @@ def _inspect(
     if not log.exists():
         log.touch()
     return [], collect_outputs(staging)
+
+
+def _never_started(staging: Path) -> bool:
+    """True if `staging` holds only `.orch/prompt.md`: prepared ahead, and no agent ran in it.
+
+    An attempt that started has `.orch/agent.log`: the command backend opens it
+    before it spawns the agent, the openai backend writes it as its first
+    request goes out.
+    """
+    try:
+        return os.listdir(staging) == [META_DIR] and os.listdir(staging / META_DIR) == [PROMPT]
+    except OSError:
+        return False
 
 
 def _discard_staging(staging: Path) -> None:

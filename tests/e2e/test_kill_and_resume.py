@@ -138,6 +138,25 @@ def test_first_rerun_after_kill_9_redoes_the_interrupted_partition(make_project)
     assert cleaned["error"].startswith("staging directory left by a run that died (cleaned by run ")
 
 
+def test_after_kill_9_a_partition_prepared_but_never_started_is_not_an_attempt(make_project):
+    # --max-parallel 1: item02 is prepared (locked, staging dir and prompt written)
+    # while item01 runs, and waits for the slot
+    project = make_project(n_items=2)
+    project.script({"item01": {"action": "hang"}})
+    proc = project.popen("stage", "run", "work", "--max-parallel", "1")
+    running_pids(project, 1)
+    wait_until(lambda: ".item02.attempt-1" in staging_dirs(project) or None, what="item02 to be prepared")
+    proc.kill()
+    proc.communicate(timeout=10)
+    project.script({"default": {"action": "succeed"}})
+
+    project.orch("stage", "run", "work", check=True)
+
+    assert invoked(project) == Counter({"item01": 2, "item02": 1})
+    assert [manifest(project, p)["attempt"] for p in ("item01", "item02")] == [2, 1]
+    assert sorted(os.listdir(project.root / "wip/attempts/work")) == ["item01"]
+
+
 def _observe(project, seen: list[list[str]]) -> None:
     """One observation: no partition directory without a valid manifest."""
     seen.append(stray_dirs(project))
@@ -203,6 +222,8 @@ def test_kill_9_rounds_then_rerun_finish_without_redoing_complete_work(make_proj
     assert cleaned, "a rerun archived the dead runs' staging directories"
     for event in cleaned:
         attempt = project.root / "wip/attempts/work" / event["partition"] / str(event["attempt"])
+        if event.get("started") is False:  # prepared ahead, no agent ran: removed, not archived
+            continue  # (its number is free again; test_after_kill_9_a_partition_prepared_...)
         error = json.loads((attempt / ".orch/error.json").read_text())
         assert error["outcome"] == "interrupted"
         assert error["error"].startswith("staging directory left by a run that died (cleaned by run ")

@@ -6,6 +6,7 @@ kernel drops them when the holder dies, so a SIGKILLed holder blocks nothing.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -142,3 +143,25 @@ def test_ctrl_c_while_waiting_for_a_lock_exits_promptly(make_project):
 
     assert second.returncode == 130
     assert waited < 1.5, f"SIGINT took {waited:.1f}s to stop a run waiting for a lock"
+
+
+def test_status_during_a_run_tells_running_from_prepared_and_waiting(make_project):
+    # --max-parallel 1: item02 is locked and prepared ahead while item01's agent runs
+    project = make_project(n_items=3)
+    project.script({"item01": {"action": "sleep", "seconds": 3.0}})
+    run = project.popen("stage", "run", "work", "--max-parallel", "1")
+    wait_until(
+        lambda: {".item01.attempt-1", ".item02.attempt-1"} <= set(staging_dirs(project)) or None,
+        what="item01 to run and item02 to be prepared",
+    )
+
+    status = project.orch("status", "work", "--json", check=True)
+    run.kill()
+    run.communicate(timeout=10)
+
+    rows = {row["id"]: row for row in json.loads(status.stdout)["partitions"]}
+    assert [rows[p]["status"] for p in ("item01", "item02", "item03")] == ["running", "running", "missing"]
+    assert rows["item01"]["reason"] == "running in another orch process"
+    assert rows["item02"]["reason"] == (
+        "queued in another orch process (locked and prepared; its agent has not started)"
+    )
