@@ -72,6 +72,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.stopped = threading.Event()
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
@@ -93,7 +94,8 @@ class FakeOpenAI:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving and close the socket; requests still waiting out a delay end unanswered."""
+        self.stopped.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -166,7 +168,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
         key, step = fake.step_for(body, headers)
-        time.sleep(fake.latency_s + float(step.get("delay", 0)))
+        if fake.stopped.wait(fake.latency_s + float(step.get("delay", 0))):
+            self.close_connection = True  # the server is stopping: no answer
+            return
         if fake.api_key and headers.get("authorization") != f"Bearer {fake.api_key}":
             error = {"message": "Incorrect API key provided", "type": "invalid_request_error"}
             self._json(401, {"error": error})
