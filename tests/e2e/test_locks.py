@@ -94,9 +94,9 @@ def test_waiting_for_a_held_partition_finds_it_complete(make_project):
     project = make_project(n_items=3)
     project.script({"default": {"action": "sleep", "seconds": 1.0}})
     first = project.popen("stage", "run", "work", "--max-parallel", "1")
-    # item01 runs; item02 and item03 wait for the first run's only slot. A partition
-    # is locked when a slot takes it, so the second run may claim them first.
-    wait_until(lambda: staging_dirs(project) == [".item01.attempt-1"], what="the first run to start item01")
+    # item01 runs; item02 is prepared (locked) ahead of the first run's only slot and
+    # item03 waits unlocked, so the second run may claim item03 first.
+    wait_until(lambda: ".item01.attempt-1" in staging_dirs(project) or None, what="the first run to start")
 
     second = project.orch("stage", "run", "work", "--wait-locks", "20")
     out, _ = first.communicate(timeout=30)
@@ -127,8 +127,11 @@ def test_ctrl_c_while_waiting_for_a_lock_exits_promptly(make_project):
     project = make_project(n_items=2)
     project.script({"default": {"action": "sleep", "seconds": 3.0}})
     first = project.popen("stage", "run", "work", "--max-parallel", "1")
-    wait_until(lambda: staging_dirs(project) == [".item01.attempt-1"], what="the first run to start item01")
-    # item02 is locked by the first run (queued, no staging dir yet): the second run waits for it.
+    # item02 is locked by the first run, prepared ahead of its only slot: the second run waits for it.
+    wait_until(
+        lambda: {".item01.attempt-1", ".item02.attempt-1"} <= set(staging_dirs(project)) or None,
+        what="the first run to start item01 and prepare item02",
+    )
     second = project.popen("stage", "run", "work", "--only", "item02", "--wait-locks", "3")
     # Its first event; the lock wait follows at once, with no event of its own.
     wait_until(lambda: len(events(project, "run_started")) == 2, what="the second run to start")
