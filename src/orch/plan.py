@@ -8,7 +8,6 @@ Pure apart from reading: project × partitions × what is on disk → a
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from enum import Enum
@@ -16,21 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from orch.errors import StageBlocked
-from orch.expect import META_DIR, Finding, check_outputs
+from orch.expect import Finding, check_outputs
 from orch.partitions import Partition
 from orch.project import AgentConfig, Stage
 from orch.state import (
-    AGENT_LOG,
+    STAGING_NAME,
     Manifest,
     is_locked,
     list_attempts,
+    never_started,
     read_error,
     read_manifest,
     staging_dir,
 )
 from orch.workspace import ChildKey, Fingerprint, Workspace
-
-_STAGING = re.compile(r"^\.(?P<pid>.+)\.attempt-(?P<n>\d+)$")
 
 
 class Status(Enum):
@@ -152,10 +150,10 @@ class Planner:
         manifest = read_manifest(out_dir) if exists else None
         if staging and is_locked(self.ws.root, partition.stage, partition.id):
             newest = staging_dir(Path(out_dir), max(self.staging_numbers(partition)))
-            if os.path.exists(newest / META_DIR / AGENT_LOG):
-                reason = "running in another orch process"
-            else:  # prepared ahead of its slot (orch.scheduler), no agent started yet
+            if never_started(newest):  # prepared ahead of its slot (orch.scheduler)
                 reason = "queued in another orch process (locked and prepared; its agent has not started)"
+            else:
+                reason = "running in another orch process"
             return PartitionState(partition, Status.RUNNING, reason, manifest)
         waiting = tuple(k for k in partition.children if manifests.get(k) is None)
         if waiting:
@@ -230,7 +228,7 @@ class Planner:
             except FileNotFoundError:
                 names = []
             for name in names:
-                match = _STAGING.match(name)
+                match = STAGING_NAME.match(name)
                 if match:
                     listing.setdefault(match.group("pid"), []).append(match.group("n"))
                 else:

@@ -41,10 +41,12 @@ from orch.state import (
     PartitionLock,
     archive_attempt,
     collect_outputs,
+    never_started,
     output_fingerprint,
     promote_many,
     read_manifest,
     staging_dir,
+    staging_number,
 )
 from orch.workspace import ChildKey, Workspace
 
@@ -448,7 +450,7 @@ class Scheduler:
             path = staging_dir(out_dir, number)
             if not path.exists():
                 continue
-            if _never_started(path):
+            if never_started(path):
                 _discard_staging(path)
                 removed.add(number)
                 self.log.emit(
@@ -511,12 +513,12 @@ class Scheduler:
                     return Outcome(
                         stage.name, partition.id, "halted", self._halt_reason(stage) or "", len(history)
                     )
-                number = int(prepared.name.rsplit("-", 1)[1]) if prepared else number + 1
+                number = staging_number(prepared) if prepared else number + 1
                 started = time.time()
                 result, staging, outputs = await self._run_attempt(
                     partition, stage, agent, state, number, why if index == 0 else "retry", prepared
                 )
-                number = int(staging.name.rsplit("-", 1)[1])
+                number = staging_number(staging)
                 # budgets and --halt-on must see this attempt before its slot goes
                 # to the next partition
                 self._add_cost(stage, result.usage)
@@ -618,7 +620,7 @@ class Scheduler:
         out_dir = self.ws.root / partition.out_dir
         if staging is None:
             staging = await self._new_staging(partition, state, number)
-        number = int(staging.name.rsplit("-", 1)[1])
+        number = staging_number(staging)
         prompt_file = staging / META_DIR / PROMPT
         spec = AttemptSpec(
             stage=stage.name,
@@ -928,19 +930,6 @@ def _inspect(
     if not log.exists():
         log.touch()
     return [], collect_outputs(staging)
-
-
-def _never_started(staging: Path) -> bool:
-    """True if `staging` holds only `.orch/prompt.md`: prepared ahead, and no agent ran in it.
-
-    An attempt that started has `.orch/agent.log`: the command backend opens it
-    before it spawns the agent, the openai backend writes it as its first
-    request goes out.
-    """
-    try:
-        return os.listdir(staging) == [META_DIR] and os.listdir(staging / META_DIR) == [PROMPT]
-    except OSError:
-        return False
 
 
 def _discard_staging(staging: Path) -> None:

@@ -34,7 +34,8 @@ MANIFEST = "manifest.json"
 PROMPT = "prompt.md"
 AGENT_LOG = "agent.log"
 ERROR = "error.json"
-_STAGING = re.compile(r"^\.(?P<pid>.+)\.attempt-(?P<n>\d+)$")
+#: A staging directory's name: `.<partition dir>.attempt-<n>`.
+STAGING_NAME = re.compile(r"^\.(?P<pid>.+)\.attempt-(?P<n>\d+)$")
 #: filelock's default poll (50 ms) gave 50–300 ms waits under contention (STYLE.md).
 LOCK_POLL_S = 0.001
 
@@ -152,6 +153,31 @@ def write_atomic(path: Path, text: str) -> None:
 def staging_dir(out_dir: Path, attempt: int) -> Path:
     """Return `parent/.<name>.attempt-<n>` beside the final directory `out_dir`."""
     return out_dir.parent / f".{out_dir.name}.attempt-{attempt}"
+
+
+def staging_number(staging: Path) -> int:
+    """Return the attempt number n of a staging directory `.<name>.attempt-<n>`.
+
+    Raises:
+        ValueError: the name is not a staging directory's.
+    """
+    match = STAGING_NAME.match(staging.name)
+    if match is None:
+        raise ValueError(f"not a staging directory: {staging}")
+    return int(match.group("n"))
+
+
+def never_started(staging: Path) -> bool:
+    """True if `staging` holds only `.orch/prompt.md`: prepared ahead, and no agent ran in it.
+
+    An attempt that started has `.orch/agent.log`: the command backend opens it
+    before it spawns the agent, the openai backend writes it as its first
+    request goes out.
+    """
+    try:
+        return os.listdir(staging) == [META_DIR] and os.listdir(staging / META_DIR) == [PROMPT]
+    except OSError:
+        return False
 
 
 def attempts_dir(root: Path, stage: str, partition: str) -> Path:
@@ -376,7 +402,7 @@ def archive_attempt(root: Path, stage: str, partition: str, staging: Path, error
     """
     (staging / META_DIR).mkdir(exist_ok=True)
     (staging / META_DIR / ERROR).write_text(json.dumps(error, indent=2, sort_keys=True) + "\n")
-    match = _STAGING.match(staging.name)
+    match = STAGING_NAME.match(staging.name)
     number = match.group("n") if match else str(error.get("n", 0))
     dest = attempts_dir(root, stage, partition) / number
     if dest.exists():
