@@ -725,7 +725,7 @@ def _read_response(response: Any) -> _Reply:
     ]
     if calls:
         message["tool_calls"] = calls
-    return message, choice.get("finish_reason"), _usage_dict(response.get("usage")), response.get("id")
+    return message, choice.get("finish_reason"), _object(response.get("usage")), response.get("id")
 
 
 async def _collect_stream(stream: Any) -> _Reply:
@@ -744,7 +744,7 @@ async def _collect_stream(stream: Any) -> _Reply:
             raise _NotChatCompletion(f"expected JSON objects in the stream, got {_short(chunk)!r}")
         response_id = response_id or chunk.get("id")
         if chunk.get("usage"):
-            usage = _usage_dict(chunk["usage"])
+            usage = _object(chunk["usage"])
         for choice in (chunk.get("choices") or [])[:1]:
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -767,13 +767,6 @@ async def _collect_stream(stream: Any) -> _Reply:
     return message, finish, usage, response_id
 
 
-def _usage_dict(usage: Any) -> dict[str, Any] | None:
-    """The token counts orch reads from a response's `usage` object, or None."""
-    if not isinstance(usage, dict):
-        return None
-    result = {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    if cached is not None:
-        result["prompt_tokens_details"] = {"cached_tokens": cached}
-    return result
+def _object(value: Any) -> dict[str, Any] | None:
+    """`value` if it is a JSON object, else None (`_usage` reads the fields it needs)."""
+    return value if isinstance(value, dict) else None
