@@ -155,7 +155,7 @@ def stage_list(ctx: Context) -> None:
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `orch stage run` and `orch run`."""
     options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
-        click.option("--only", metavar="ID,...", help="Run only these partition ids."),
+        click.option("--only", metavar="ID,...", help="Run only these partition ids or globs (e.g. '1.*')."),
         click.option("--retry-failed", is_flag=True, help="Run only partitions whose last attempt failed."),
         click.option(
             "--force", is_flag=True, help="Run every partition; old outputs are kept in wip/attempts/."
@@ -374,9 +374,10 @@ def barrier(ctx: Context, stage_name: str) -> None:
 @cli.command()
 @click.argument("stage_name", metavar="STAGE")
 @click.argument("partition_id", metavar="PARTITION")
+@click.option("--all", "all_attempts", is_flag=True, help="Show every archived attempt, not just the newest.")
 @json_option
 @pass_ctx
-def show(ctx: Context, stage_name: str, partition_id: str) -> None:
+def show(ctx: Context, stage_name: str, partition_id: str, all_attempts: bool) -> None:
     """Everything about one partition: paths, prompt, manifest, attempts, errors."""
     from orch.commands import show_partition
     from orch.views import print_json
@@ -387,7 +388,7 @@ def show(ctx: Context, stage_name: str, partition_id: str) -> None:
         return
     from orch.commands import format_show
 
-    ctx.out.file.write(format_show(data))
+    ctx.out.file.write(format_show(data, all_attempts))
 
 
 # -- blueprints ---------------------------------------------------------------------
