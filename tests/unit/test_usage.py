@@ -197,3 +197,9 @@ def test_check_cost_bounds():
     assert check_cost(10**6, "cost_usd", warnings) == (None, True)
     assert check_tokens(0, "input_tokens", warnings) == 0
     assert len(warnings) == 1
+
+
+def test_a_string_reported_as_a_number_is_described_not_echoed():
+    usage = parse_claude_json(lines({**CLAUDE_RESULT, "num_turns": "sk-looks-like-a-secret"})).usage
+    assert usage is not None
+    assert usage.warnings[0].startswith("claude num_turns: reported a string of 22 characters,")

@@ -88,7 +88,9 @@ def _shown(value: Any) -> str:
     """A short, always-printable description of a reported value."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"an integer of {value.bit_length()} bits"
-    plain = isinstance(value, bool | int | float | str) or value is None
+    if isinstance(value, str):  # never echoed: it could carry anything, a secret included
+        return f"a string of {len(value)} characters"
+    plain = isinstance(value, bool | int | float) or value is None
     text = repr(value) if plain else type(value).__name__
     return text if len(text) <= 40 else text[:39] + "…"
 
