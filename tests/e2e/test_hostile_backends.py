@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from orch.backends.openai import parse_retry_after
 from tests.conftest import FAKES, default_config
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -236,3 +237,23 @@ def test_secret_env_must_name_variables(make_project):
 
     assert result.returncode == 2
     assert "agents.fake: secret_env: expected a list of environment variable names" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "inf"}, None),
+        ({"retry-after-ms": "nan", "retry-after": "2"}, 2.0),
+        ({"retry-after": "Infinity"}, None),
+        ({"retry-after": "1e400"}, None),
+        ({"retry-after": "-7"}, 0.0),
+        ({"retry-after": "soon"}, None),
+    ],
+)
+def test_parse_retry_after_ignores_what_is_not_a_finite_wait(headers, expected):
+    assert parse_retry_after(headers) == expected
+
+
+def test_a_far_future_retry_after_date_is_finite_and_left_to_the_caps():
+    value = parse_retry_after({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"})
+    assert value is not None and 10**9 < value < float("inf")  # backoff.cap and the limiter bound it
