@@ -25,7 +25,8 @@ from orch.errors import (
 )
 from orch.expect import META_DIR
 from orch.partitions import Partition
-from orch.plan import PartitionState, Planner, upstream_blockers
+from orch.plan import PartitionState, Planner, Status, upstream_blockers
+from orch.project import Stage
 from orch.state import AGENT_LOG, Manifest, list_attempts, read_error
 from orch.views import status_overview, status_rows
 from orch.workspace import ChildKey, Workspace
@@ -63,9 +64,11 @@ def list_stages(ws: Workspace) -> list[dict[str, Any]]:
 def plan_stages(
     ws: Workspace, stage: str | None, agent: str | None = None, only: Sequence[str] | None = None
 ) -> list[tuple[str, list[PartitionState]]]:
-    """Return `(stage, states)` for one stage or all, narrowed to `only` ids."""
-    if agent:
-        ws.project.agent(agent)
+    """Return `(stage, states)` for one stage or all, narrowed to `only` ids.
+
+    Raises:
+        UsageError: `agent` (or $ORCH_AGENT) names no agent of orch.yaml.
+    """
     planner = Planner(ws, agent)
     names = [ws.project.stage(stage).name] if stage else list(ws.project.stages)
     result = []
@@ -77,21 +80,21 @@ def plan_stages(
     return result
 
 
-def status_all(ws: Workspace) -> list[dict[str, Any]]:
-    """Return counts per status for every stage."""
-    return status_overview(Planner(ws))
+def status_all(ws: Workspace, agent: str | None = None) -> list[dict[str, Any]]:
+    """Return counts per status for every stage, judged for `agent` (the run-wide override)."""
+    return status_overview(Planner(ws, agent))
 
 
-def stage_status(ws: Workspace, stage: str) -> list[dict[str, Any]]:
-    """Return the per-partition status rows of one stage."""
-    planner = Planner(ws)
+def stage_status(ws: Workspace, stage: str, agent: str | None = None) -> list[dict[str, Any]]:
+    """Return the per-partition status rows of one stage, judged for `agent`."""
+    planner = Planner(ws, agent)
     return status_rows(planner, planner.stage_states(ws.project.stage(stage).name))
 
 
-def render_prompt(ws: Workspace, stage: str, partition_id: str) -> str:
-    """Return the prompt of one partition; inputs not yet complete show as placeholders."""
+def render_prompt(ws: Workspace, stage: str, partition_id: str, agent: str | None = None) -> str:
+    """Return the prompt of one partition; inputs not yet complete (for `agent`) show as placeholders."""
     partition = ws.partitions.get(ws.project.stage(stage).name, partition_id)
-    return ws.render(partition, preview_manifests(Planner(ws), partition), preview=True)
+    return ws.render(partition, preview_manifests(Planner(ws, agent), partition), preview=True)
 
 
 @dataclass
@@ -282,13 +285,14 @@ def run_stages(
         ConfigError / BlueprintError: before anything runs, if any prompt in
             scope cannot be rendered (nothing is written).
         UsageError: unknown partition ids in `only`, or an unknown agent.
+        PreflightFailed: an agent the run needs cannot work (before anything
+            is written: no staging directory, attempt folder or event log).
         StageBlocked: a partition's upstream input is not complete (single
             stage runs only; `orch run` blocks per partition instead).
     """
     names = [ws.project.stage(s).name for s in stages]
-    if agent:
-        ws.project.agent(agent)
     planner = Planner(ws, agent)
+    agent = planner.agent_override
     if only:
         _check_only(ws, names, only)
     in_run = set(names)
@@ -303,6 +307,9 @@ def run_stages(
                 (n, [s for s in planner.stage_states(n) if not only or s.partition.id in only]) for n in names
             ]
         )
+    from orch.preflight import check_agents, raise_for_problems
+
+    raise_for_problems(check_agents(ws.project, run_scope(planner, names, only, retry_failed, force)))
     import asyncio
 
     from orch.scheduler import RunOptions, Scheduler
@@ -325,6 +332,48 @@ def run_stages(
         if reporter is not None and hasattr(reporter, "close"):
             reporter.close()
     return RunResult(summary=summary, barriers=summary.barriers)
+
+
+def run_scope(
+    planner: Planner, names: Sequence[str], only: Sequence[str] | None, retry_failed: bool, force: bool
+) -> dict[str, list[Stage]]:
+    """Return agent name -> stages for the stages with a partition a run would start.
+
+    The pre-flight checks exactly these agents: an agent whose partitions are
+    all complete (or kept) is not needed, so it cannot stop the run.
+    """
+    scope: dict[str, list[Stage]] = {}
+    for name in names:
+        stage = planner.ws.project.stage(name)
+        for state in planner.stage_states(name):
+            if only and state.partition.id not in only:
+                continue
+            if force or (state.status is Status.FAILED if retry_failed else _would_run(state)):
+                scope.setdefault(planner.agent_for(stage).name, []).append(stage)
+                break
+    return scope
+
+
+def _would_run(state: PartitionState) -> bool:
+    return not state.is_complete and state.kept is None and state.status is not Status.RUNNING
+
+
+def doctor_scope(ws: Workspace, stages: Sequence[str], agent: str | None = None) -> dict[str, list[Stage]]:
+    """Return agent name -> stages for `orch doctor`.
+
+    Named stages (or all, with `agent` / $ORCH_AGENT): the agents they run with.
+    No stage and no override: every agent in orch.yaml, each with the stages
+    that run with it.
+    """
+    planner = Planner(ws, agent)
+    names = [ws.project.stage(s).name for s in stages] or list(ws.project.stages)
+    scope: dict[str, list[Stage]] = {}
+    if not stages and planner.agent_override is None:
+        scope = {name: [] for name in ws.project.agents}
+    for name in names:
+        stage = ws.project.stage(name)
+        scope.setdefault(planner.agent_for(stage).name, []).append(stage)
+    return scope
 
 
 def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options: Any) -> RunResult:
@@ -370,11 +419,11 @@ def _check_only(ws: Workspace, names: list[str], only: list[str]) -> None:
             )
 
 
-def show_partition(ws: Workspace, stage: str, partition_id: str) -> dict[str, Any]:
-    """Return everything about one partition (paths relative to the project root)."""
+def show_partition(ws: Workspace, stage: str, partition_id: str, agent: str | None = None) -> dict[str, Any]:
+    """Return everything about one partition (paths relative to the project root), judged for `agent`."""
     stage_name = ws.project.stage(stage).name
     partition = ws.partitions.get(stage_name, partition_id)
-    planner = Planner(ws)
+    planner = Planner(ws, agent)
     state = planner.state(stage_name, partition_id)
     out_dir = ws.root / partition.out_dir
     attempts = []
