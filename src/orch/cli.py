@@ -427,13 +427,17 @@ def doctor(ctx: Context, stage_names: tuple[str, ...], agent: str | None) -> Non
             None,
             ["agent", "backend", "stages", "check", "version"],
             [
-                [c.agent, c.backend, ", ".join(c.stages) or "-", "ok" if c.ok else "FAIL", c.version or "-"]
+                [c.agent, c.backend, _few(c.stages), "ok" if c.ok else "FAIL", c.version or "-"]
                 for c in checks
             ],
         )
     raise_for_problems(checks)
     if not ctx.json:
         ctx.out.print(f"doctor: {len(checks)} agent(s) ready", highlight=False, markup=False)
+
+
+def _few(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "") if names else "-"
 
 
 # -- blueprints ---------------------------------------------------------------------

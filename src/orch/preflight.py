@@ -139,12 +139,7 @@ def _problems(
         argv0 = str(settings["command"][0])
         path_env = dict(settings.get("env", {})).get("PATH", env.get("PATH"))
         if resolve_command(argv0, project.root, path_env) is None:
-            where = "relative to the project root " if "/" in argv0 and not os.path.isabs(argv0) else ""
-            problems.append(
-                f"command {argv0!r} not found {where}or not executable"
-                + ("" if "/" in argv0 else " on PATH")
-                + f" (orch.yaml:{agent.line}); install it or fix agents.{agent.name}.command"
-            )
+            problems.append(_not_found(argv0, project.root, agent))
     elif agent.backend == "openai":
         key_env = settings.get("api_key_env")
         key = env.get(key_env) if key_env else None
@@ -166,6 +161,17 @@ def _problems(
             if (other := _unsatisfied(stage, str(reply_file)))
         ]
     return problems
+
+
+def _not_found(argv0: str, root: Path, agent: AgentConfig) -> str:
+    where = f"orch.yaml:{agent.line}: agents.{agent.name}.command"
+    if "/" not in argv0:
+        return f"command {argv0!r} not found on PATH ({where}); install it, or give its path"
+    resolved = argv0 if os.path.isabs(argv0) else str(root / argv0)
+    return (
+        f"command {argv0!r} not found or not executable at {resolved} ({where}; a relative "
+        "path is resolved against the project root)"
+    )
 
 
 def _unsatisfied(stage: Stage, reply_file: str) -> str:
