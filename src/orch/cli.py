@@ -431,7 +431,7 @@ def doctor(ctx: Context, stage_names: tuple[str, ...], agent: str | None) -> Non
                 for c in checks
             ],
         )
-    raise_for_problems(checks)
+    raise_for_problems(checks, doctor=True)
     if not ctx.json:
         ctx.out.print(f"doctor: {len(checks)} agent(s) ready", highlight=False, markup=False)
 

@@ -96,16 +96,16 @@ def choose_agent_override(
     Raises:
         UsageError: the name is not an agent of orch.yaml (with the nearest name).
     """
-    source = "--agent"
+    source = ""
     name = flag
     if not name:
         name = ((os.environ if environ is None else environ).get(AGENT_ENV) or "").strip() or None
-        source = AGENT_ENV
+        source = f"{AGENT_ENV}: "
     if name is None:
         return None
     if name not in project.agents:
         raise UsageError(
-            f"{source} {name}: unknown agent '{name}'{did_you_mean(name, project.agents)}",
+            f"{source}unknown agent '{name}'{did_you_mean(name, project.agents)}",
             f"agents in {CONFIG_NAME}: {', '.join(project.agents)}",
         )
     return name

@@ -114,8 +114,12 @@ def check_agents(
     return checks
 
 
-def raise_for_problems(checks: Sequence[AgentCheck]) -> None:
-    """Raise PreflightFailed listing every problem, one line per agent check.
+def raise_for_problems(checks: Sequence[AgentCheck], doctor: bool = False) -> None:
+    """Raise PreflightFailed naming every problem: one line per agent.
+
+    Args:
+        checks: The verdicts.
+        doctor: Word the message for `orch doctor` rather than a run.
 
     Raises:
         PreflightFailed: any check failed.
@@ -123,9 +127,14 @@ def raise_for_problems(checks: Sequence[AgentCheck]) -> None:
     bad = [c for c in checks if not c.ok]
     if not bad:
         return
-    lines = [f"agent {c.agent}: {p}" for c in bad for p in c.problems]
+    lines = "\n  ".join(f"agent {c.agent}: {'; and '.join(c.problems)}" for c in bad)
+    if doctor:
+        raise PreflightFailed(
+            f"doctor: {len(bad)} agent(s) cannot run:\n  {lines}",
+            "fix orch.yaml or the environment, then run orch doctor again",
+        )
     raise PreflightFailed(
-        f"pre-flight: {len(bad)} agent(s) cannot run; nothing was started:\n  " + "\n  ".join(lines),
+        f"pre-flight: {len(bad)} agent(s) cannot run; nothing was started:\n  {lines}",
         "fix orch.yaml or the environment, then check with: orch doctor",
     )
 

@@ -239,3 +239,19 @@ def test_doctor_fails_with_one_message_per_broken_agent(make_project):
         "(orch.yaml:13: agents.nobin.command); install it, or give its path"
     ]
     assert scoped.returncode == 0, scoped.stderr  # stage work runs with `fake` only
+
+
+def test_several_problems_of_one_agent_are_one_line(make_project):
+    agent = {"backend": "command", "preset": "llm", "command": ["no-such-llm-7f"], "reply_file": "out.md"}
+    expect = [{"file": "out.md", "min_bytes": 10}, {"file": "sources.json", "json": True}]
+    project = project_with(make_project, agent, expect=expect)
+
+    result = project.orch("stage", "run", "work")
+
+    assert_nothing_started(
+        project,
+        result,
+        "agent broken: command 'no-such-llm-7f' not found on PATH (orch.yaml:13: agents.broken.command); "
+        "install it, or give its path; and writes one file (out.md, its reply) but stage work expects "
+        "sources.json; use an agent that writes files (mode: tools, or an agent CLI) for this stage",
+    )
