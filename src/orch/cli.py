@@ -413,8 +413,7 @@ def doctor(ctx: Context, stage_names: tuple[str, ...], agent: str | None) -> Non
 
     Without STAGE: every agent in orch.yaml (or the --agent/$ORCH_AGENT one).
     """
-    from orch.commands import doctor_scope
-    from orch.preflight import check_agents, raise_for_problems
+    from orch.preflight import check_agents, doctor_scope, raise_for_problems
     from orch.views import print_json, print_table
 
     ws = ctx.workspace()

@@ -25,8 +25,7 @@ from orch.errors import (
 )
 from orch.expect import META_DIR
 from orch.partitions import Partition
-from orch.plan import PartitionState, Planner, Status, upstream_blockers
-from orch.project import Stage
+from orch.plan import PartitionState, Planner, upstream_blockers
 from orch.state import AGENT_LOG, Manifest, list_attempts, read_error
 from orch.views import status_overview, status_rows
 from orch.workspace import ChildKey, Workspace
@@ -307,7 +306,7 @@ def run_stages(
                 (n, [s for s in planner.stage_states(n) if not only or s.partition.id in only]) for n in names
             ]
         )
-    from orch.preflight import check_agents, raise_for_problems
+    from orch.preflight import check_agents, raise_for_problems, run_scope
 
     raise_for_problems(check_agents(ws.project, run_scope(planner, names, only, retry_failed, force)))
     import asyncio
@@ -332,48 +331,6 @@ def run_stages(
         if reporter is not None and hasattr(reporter, "close"):
             reporter.close()
     return RunResult(summary=summary, barriers=summary.barriers)
-
-
-def run_scope(
-    planner: Planner, names: Sequence[str], only: Sequence[str] | None, retry_failed: bool, force: bool
-) -> dict[str, list[Stage]]:
-    """Return agent name -> stages for the stages with a partition a run would start.
-
-    The pre-flight checks exactly these agents: an agent whose partitions are
-    all complete (or kept) is not needed, so it cannot stop the run.
-    """
-    scope: dict[str, list[Stage]] = {}
-    for name in names:
-        stage = planner.ws.project.stage(name)
-        for state in planner.stage_states(name):
-            if only and state.partition.id not in only:
-                continue
-            if force or (state.status is Status.FAILED if retry_failed else _would_run(state)):
-                scope.setdefault(planner.agent_for(stage).name, []).append(stage)
-                break
-    return scope
-
-
-def _would_run(state: PartitionState) -> bool:
-    return not state.is_complete and state.kept is None and state.status is not Status.RUNNING
-
-
-def doctor_scope(ws: Workspace, stages: Sequence[str], agent: str | None = None) -> dict[str, list[Stage]]:
-    """Return agent name -> stages for `orch doctor`.
-
-    Named stages (or all, with `agent` / $ORCH_AGENT): the agents they run with.
-    No stage and no override: every agent in orch.yaml, each with the stages
-    that run with it.
-    """
-    planner = Planner(ws, agent)
-    names = [ws.project.stage(s).name for s in stages] or list(ws.project.stages)
-    scope: dict[str, list[Stage]] = {}
-    if not stages and planner.agent_override is None:
-        scope = {name: [] for name in ws.project.agents}
-    for name in names:
-        stage = ws.project.stage(name)
-        scope.setdefault(planner.agent_for(stage).name, []).append(stage)
-    return scope
 
 
 def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options: Any) -> RunResult:

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orch.errors import ConfigError
+from orch.plan import PartitionState, Planner, Status
 from orch.project import AgentConfig, Project, Stage
+from orch.workspace import Workspace
 
 #: Bound on the endpoint probe: long enough for a loaded local server, short
 #: enough that a dead one costs seconds, not a run.
@@ -72,6 +74,48 @@ class AgentCheck:
             "problems": list(self.problems),
             "version": self.version,
         }
+
+
+def run_scope(
+    planner: Planner, names: Sequence[str], only: Sequence[str] | None, retry_failed: bool, force: bool
+) -> dict[str, list[Stage]]:
+    """Return agent name -> stages for the stages with a partition a run would start.
+
+    The pre-flight checks exactly these agents: an agent whose partitions are
+    all complete (or kept) is not needed, so it cannot stop the run.
+    """
+    scope: dict[str, list[Stage]] = {}
+    for name in names:
+        stage = planner.ws.project.stage(name)
+        for state in planner.stage_states(name):
+            if only and state.partition.id not in only:
+                continue
+            if force or (state.status is Status.FAILED if retry_failed else _would_run(state)):
+                scope.setdefault(planner.agent_for(stage).name, []).append(stage)
+                break
+    return scope
+
+
+def _would_run(state: PartitionState) -> bool:
+    return not state.is_complete and state.kept is None and state.status is not Status.RUNNING
+
+
+def doctor_scope(ws: Workspace, stages: Sequence[str], agent: str | None = None) -> dict[str, list[Stage]]:
+    """Return agent name -> stages for `orch doctor`.
+
+    Named stages (or all, with `agent` / $ORCH_AGENT): the agents they run with.
+    No stage and no override: every agent in orch.yaml, each with the stages
+    that run with it.
+    """
+    planner = Planner(ws, agent)
+    names = [ws.project.stage(s).name for s in stages] or list(ws.project.stages)
+    scope: dict[str, list[Stage]] = {}
+    if not stages and planner.agent_override is None:
+        scope = {name: [] for name in ws.project.agents}
+    for name in names:
+        stage = ws.project.stage(name)
+        scope.setdefault(planner.agent_for(stage).name, []).append(stage)
+    return scope
 
 
 def resolve_command(argv0: str, root: Path, path_env: str | None = None) -> str | None:
