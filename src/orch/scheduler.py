@@ -435,6 +435,8 @@ class Scheduler:
             return False, "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
         if self.options.force:
             return True, f"forced ({state.reason})"
+        if state.kept is not None:
+            return False, f"kept: {state.kept}"
         if self.options.retry_failed:
             if state.status is Status.FAILED:
                 return True, state.reason
@@ -535,6 +537,7 @@ class Scheduler:
                     self._check_halt()
             usage_total = _add_usage(usage_total, result.usage)
             record = _attempt_record(number, started, result)
+            record["agent"] = agent.name  # a later plan tells an override's failure apart
             history.append(record)
             if result.ok:
                 return await self._complete(

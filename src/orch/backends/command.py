@@ -188,10 +188,11 @@ def create(agent: AgentConfig) -> CommandBackend:
     return CommandBackend(agent)
 
 
-def _executable(name: str, cwd: Path, path_env: str | None) -> str | None:
-    """Resolve argv[0] as execvp would (relative paths against the agent's cwd)."""
+def _executable(name: str, root: Path, path_env: str | None) -> str | None:
+    """Resolve argv[0]: a bare name on PATH; a relative path against the project
+    root `root` (not the staging directory the agent runs in; orch.preflight)."""
     if os.sep in name:
-        candidate = name if os.path.isabs(name) else os.path.join(cwd, name)
+        candidate = name if os.path.isabs(name) else os.path.join(root, name)
         return candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
     return shutil.which(name, path=path_env)
 
@@ -254,10 +255,10 @@ class CommandBackend:
         env = self.env_for(spec)
         argv = self.argv_for(spec)
         if os.sep in argv[0]:
-            executable = _executable(argv[0], spec.work_dir, None)
+            executable = _executable(argv[0], spec.project_root, None)
         else:  # PATH does not change during a run: look each name up once
             if argv[0] not in self._which:
-                self._which[argv[0]] = _executable(argv[0], spec.work_dir, env.get("PATH"))
+                self._which[argv[0]] = _executable(argv[0], spec.project_root, env.get("PATH"))
             executable = self._which[argv[0]]
         if executable is None:
             return AttemptResult(
