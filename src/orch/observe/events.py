@@ -92,15 +92,18 @@ class Event:
         obj = _parse_line(data) if isinstance(data, bytes | str) else dict(data)
         if not isinstance(obj, dict):
             raise ValueError("an event must be a JSON object")
-        raw_name = obj.get("event")
-        name = raw_name if isinstance(raw_name, str) else ""
+        # inline type checks: this runs once per line of a log that may hold 100k lines
+        get = obj.get
+        name, ts, run_id = get("event"), get("ts"), get("run_id")
+        stage, partition, attempt = get("stage"), get("partition"), get("attempt")
+        name = name if type(name) is str else ""
         return cls(
-            ts=_float(obj.get("ts")),
+            ts=ts if type(ts) is float and math.isfinite(ts) else _float(ts),
             name=_NAMES.get(name, name),
-            run_id=_str(obj.get("run_id")),
-            stage=_str(obj.get("stage")),
-            partition=_str(obj.get("partition")),
-            attempt=_int(obj.get("attempt")),
+            run_id=run_id if type(run_id) is str else None,
+            stage=stage if type(stage) is str else None,
+            partition=partition if type(partition) is str else None,
+            attempt=attempt if type(attempt) is int else None,
             offset=offset,
             fields=obj,
         )
@@ -143,10 +146,6 @@ def _float(value: Any) -> float:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 class EventReader:

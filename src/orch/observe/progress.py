@@ -57,7 +57,7 @@ class UsageTotals:
 
     def add(self, usage: Any) -> None:
         """Add one event's `usage` object (`{input_tokens, output_tokens, cost_usd, ...}`)."""
-        if not isinstance(usage, Mapping):
+        if not usage or not isinstance(usage, Mapping):
             return
         cost = _number(usage.get("cost_usd"))
         if cost is not None:
@@ -89,13 +89,13 @@ class UsageTotals:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """Return a finite, non-negative number as float, else None (bools are not numbers)."""
+    kind = type(value)
+    if kind is int:
+        value = float(value) if value < 2**1023 else math.inf
+    elif kind is not float:
         return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
+    return value if 0 <= value < math.inf else None  # NaN fails both comparisons
 
 
 @dataclass(slots=True)
@@ -202,7 +202,7 @@ class RunProgress:
         self.usage = UsageTotals()
         self.offset = 0
         self.last_ts: float | None = None
-        self._phases: dict[str, dict[Phase, int]] = {}
+        self._phases: dict[tuple[str, Phase], int] = {}
         self._done_s = 0.0
         self._done = 0
 
@@ -231,10 +231,9 @@ class RunProgress:
     def phase_counts(self, stage: str | None = None) -> dict[str, int]:
         """Return `phase -> count` of tracked partitions (every phase present), for one stage or all."""
         counts = dict.fromkeys((p.value for p in Phase), 0)
-        for name, by_phase in self._phases.items():
+        for (name, phase), n in self._phases.items():
             if stage is None or name == stage:
-                for phase, n in by_phase.items():
-                    counts[phase.value] += n
+                counts[phase.value] += n
         return counts
 
     def running(self) -> list[PartitionProgress]:
@@ -250,7 +249,7 @@ class RunProgress:
     @property
     def settled(self) -> int:
         """Partitions in a final phase (done, failed, blocked, skipped, interrupted, halted)."""
-        active = sum(n for by in self._phases.values() for ph, n in by.items() if ph in ACTIVE_PHASES)
+        active = sum(n for (_, phase), n in self._phases.items() if phase in ACTIVE_PHASES)
         return len(self.partitions) - active
 
     def eta_s(self) -> float | None:
@@ -265,7 +264,7 @@ class RunProgress:
         if self.halted or not self._done or not self.total:
             return None
         remaining = max(0, self.total - self.settled)
-        parallel = max(1, sum(by.get(Phase.RUNNING, 0) for by in self._phases.values()))
+        parallel = max(1, sum(n for (_, phase), n in self._phases.items() if phase is Phase.RUNNING))
         return round(remaining * (self._done_s / self._done) / parallel, 1)
 
     def to_json(self, now: float | None = None) -> dict[str, Any]:
@@ -285,7 +284,7 @@ class RunProgress:
             "halted": self.halted,
             "halted_stages": dict(self.halted_stages),
             "phases": self.phase_counts(),
-            "stage_phases": {s: self.phase_counts(s) for s in self._phases},
+            "stage_phases": {s: self.phase_counts(s) for s in dict.fromkeys(s for s, _ in self._phases)},
             "stage_counts": self.stage_counts,
             "barriers": self.barriers,
             "agent_limits": dict(self.agent_limits),
@@ -305,12 +304,14 @@ class RunProgress:
         progress = self.partitions.get(key)
         if progress is None:
             progress = self.partitions[key] = PartitionProgress(event.stage, event.partition)
-            self._count(progress.stage, progress.phase, 1)
+            key = (progress.stage, progress.phase)
+            self._phases[key] = self._phases.get(key, 0) + 1
         return progress
 
     def _move(self, progress: PartitionProgress, phase: Phase, ts: float) -> None:
-        self._count(progress.stage, progress.phase, -1)
-        self._count(progress.stage, phase, 1)
+        counts, old, new = self._phases, (progress.stage, progress.phase), (progress.stage, phase)
+        counts[old] -= 1
+        counts[new] = counts.get(new, 0) + 1
         progress.phase = phase
         if phase is not Phase.RUNNING:
             progress.started_at = None
@@ -318,10 +319,6 @@ class RunProgress:
             progress.backoff_until = None
         if phase not in ACTIVE_PHASES:
             progress.finished_at = ts
-
-    def _count(self, stage: str, phase: Phase, delta: int) -> None:
-        by_phase = self._phases.setdefault(stage, {})
-        by_phase[phase] = by_phase.get(phase, 0) + delta
 
     def _on_run_started(self, event: Event) -> None:
         self.run_id = event.run_id or self.run_id

@@ -283,8 +283,7 @@ class _Join:
         if manifest is not None:
             numbers.add(manifest.attempt)
         use_live = live is not None and (manifest is None or live.phase is not Phase.DONE)
-        usage = live.usage if use_live and live is not None else None
-        manifest_usage = self._manifest_usage(state)
+        usage = live.usage if use_live and live is not None else _manifest_usage(state)
         error = live.error if live is not None and live.error else None
         if error is None and state.last_error:
             error = state.last_error.get("error")
@@ -298,8 +297,8 @@ class _Join:
             attempt=(live.attempt or None) if live else (manifest.attempt if manifest else None),
             attempts=len(numbers),
             elapsed_s=live.elapsed_s(self.now) if live and phase is Phase.RUNNING else None,
-            cost_usd=usage.cost_usd if usage else _cost(manifest_usage),
-            tokens=usage.tokens if usage else _tokens(manifest_usage),
+            cost_usd=usage.cost_usd,
+            tokens=usage.tokens,
             error=error,
         )
 
@@ -321,21 +320,12 @@ class _Join:
             return Phase.HALTED, halted
         return Phase.QUEUED, None
 
-    def _manifest_usage(self, state: PartitionState) -> dict[str, Any]:
-        manifest = state.manifest
-        return manifest.usage if manifest is not None and isinstance(manifest.usage, dict) else {}
 
-
-def _tokens(usage: dict[str, Any]) -> int | None:
-    totals = UsageTotals()
-    totals.add(usage)
-    return totals.tokens
-
-
-def _cost(usage: dict[str, Any]) -> float | None:
-    totals = UsageTotals()
-    totals.add(usage)
-    return totals.cost_usd
+def _manifest_usage(state: PartitionState) -> UsageTotals:
+    usage = UsageTotals()
+    if state.manifest is not None:
+        usage.add(state.manifest.usage)
+    return usage
 
 
 def _sum(values: Iterable[Any]) -> Any:
