@@ -67,10 +67,6 @@ class UsageTotals:
             if tokens is not None:
                 setattr(self, name, (getattr(self, name) or 0) + int(tokens))
 
-    def add_totals(self, other: UsageTotals) -> None:
-        """Add another total (None stays None only if both are None)."""
-        self.add(other.to_json())
-
     @property
     def tokens(self) -> int | None:
         """Input plus output tokens, None if neither is known."""
