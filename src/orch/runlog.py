@@ -2,6 +2,8 @@
 
 Every event is one JSON object per line, flushed as it happens, so a killed
 run leaves a readable log. Failures also get a short human entry in notes.md.
+Writing either is best effort: a full or read-only disk loses records (the
+first error is kept in `RunLog.write_error`), never the run.
 """
 
 from __future__ import annotations
@@ -37,9 +39,14 @@ class RunLog:
         self.root = root
         self.run_id = run_id
         self.dir = root / "wip" / "runs" / run_id
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "events.jsonl"
-        self._handle = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        self.write_error: OSError | None = None
+        self._handle: Any = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        except OSError as err:
+            self.write_error = err
         self._sinks = sinks or []
         self._noted = False
 
@@ -49,8 +56,16 @@ class RunLog:
         `ts` is Unix time in seconds (float).
         """
         record = {"ts": round(time.time(), 6), "event": event, "run_id": self.run_id, **fields}
-        self._handle.write(orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS) + b"\n")
-        self._handle.flush()
+        try:
+            line = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # e.g. an integer past 64 bits, or a name that is not UTF-8
+            line = json.dumps(record, default=str, sort_keys=True).encode()
+        if self._handle is not None:
+            try:
+                self._handle.write(line + b"\n")
+                self._handle.flush()
+            except (OSError, ValueError) as err:
+                self._lost(err)
         for sink in self._sinks:
             sink(record)
         return record
@@ -58,17 +73,29 @@ class RunLog:
     def note(self, line: str, heading: str) -> None:
         """Append `line` to `wip/notes.md`, under this run's heading on first use."""
         notes = self.root / "wip" / "notes.md"
-        notes.parent.mkdir(parents=True, exist_ok=True)
-        with open(notes, "a", encoding="utf-8") as handle:
-            if not self._noted:
-                stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-                handle.write(f"\n## {stamp} · run {self.run_id} · {heading}\n\n")
-                self._noted = True
-            handle.write(line.rstrip() + "\n")
+        try:
+            notes.parent.mkdir(parents=True, exist_ok=True)
+            with open(notes, "a", encoding="utf-8", errors="backslashreplace") as handle:
+                if not self._noted:
+                    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+                    handle.write(f"\n## {stamp} · run {self.run_id} · {heading}\n\n")
+                    self._noted = True
+                handle.write(line.rstrip() + "\n")
+        except OSError as err:
+            self._lost(err)
+
+    def _lost(self, err: OSError | ValueError) -> None:
+        """Remember the first write error; later records go to the sinks only."""
+        if self.write_error is None:
+            self.write_error = err if isinstance(err, OSError) else OSError(str(err))
 
     def close(self) -> None:
-        """Close the event file."""
-        self._handle.close()
+        """Close the event file (a failing final flush is recorded, not raised)."""
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            except OSError as err:
+                self._lost(err)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
