@@ -106,7 +106,11 @@ class Outcome:
 
 @dataclass
 class RunSummary:
-    """The result of a run: one Outcome per partition in scope, and flags."""
+    """The result of a run: one Outcome per partition in scope, and flags.
+
+    `disk_fault` says why the run stopped starting partitions after ENOSPC,
+    EROFS, EACCES ... (naming the path), or is None.
+    """
 
     run_id: str
     outcomes: list[Outcome] = field(default_factory=list)
@@ -115,6 +119,7 @@ class RunSummary:
     events_path: Path | None = None
     duration_s: float = 0.0
     barriers: list[BarrierReport] = field(default_factory=list)
+    disk_fault: str | None = None
 
     def count(self, status: str) -> int:
         """Return how many partitions ended with `status`."""
@@ -228,6 +233,7 @@ class Scheduler:
             await self.executor.aclose()
             self._fs.shutdown(wait=True)
         summary.interrupted = self._stopping
+        summary.disk_fault = self._disk_fault
         summary.halted = self._halted or next(
             (o.reason for o in summary.outcomes if o.status == "halted"), None
         )
@@ -1035,8 +1041,14 @@ def _make_staging(out_dir: Path, number: int, prompt: str) -> Path:
         except FileExistsError:
             number += 1
             continue
-        (staging / META_DIR).mkdir()
-        (staging / META_DIR / PROMPT).write_text(prompt, encoding="utf-8")
+        try:
+            (staging / META_DIR).mkdir()
+            (staging / META_DIR / PROMPT).write_text(prompt, encoding="utf-8")
+        except BaseException as err:  # e.g. ENOSPC: leave no half-made staging directory
+            _discard_staging(staging)
+            if isinstance(err, OSError) and not err.filename:
+                raise OSError(err.errno, err.strerror, str(staging / META_DIR / PROMPT)) from err
+            raise
         return staging
 
 
