@@ -115,11 +115,14 @@ def _rule_files(directory: Path | str, rule: ExpectRule) -> tuple[list[str], Fin
     if rule.file is not None:
         return [rule.file], None
     directory = Path(directory)
-    matches = sorted(
-        str(p.relative_to(directory))
-        for p in directory.glob(str(rule.glob))
-        if META_DIR not in p.relative_to(directory).parts
-    )
+    try:
+        matches = sorted(
+            str(p.relative_to(directory))
+            for p in directory.glob(str(rule.glob))
+            if META_DIR not in p.relative_to(directory).parts
+        )
+    except OSError as err:  # e.g. a tree too deep for path names
+        return [], Finding(str(rule.glob), "glob", f"cannot list: {err.strerror}")
     if len(matches) < rule.min_count:
         return matches, Finding(
             str(rule.glob), "glob", f"{len(matches)} files match, at least {rule.min_count} expected"
@@ -294,7 +297,14 @@ def _check_symlinks(directory: Path) -> list[Finding]:
     findings = []
     pending = [str(directory)]
     while pending:
-        with os.scandir(pending.pop()) as entries:
+        base = pending.pop()
+        try:
+            entries = os.scandir(base)
+        except OSError as err:  # removed meanwhile, or a tree too deep for path names
+            rel = os.path.relpath(base, directory)[:200]
+            findings.append(Finding(rel, "exists", f"cannot list: {err.strerror}"))
+            continue
+        with entries:
             for entry in entries:
                 if entry.is_symlink():
                     target = os.path.realpath(entry.path)

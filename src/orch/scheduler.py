@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec, Usage
-from orch.barriers import BarrierReport, check_barrier
+from orch.barriers import BarrierEntry, BarrierReport, check_barrier
 from orch.errors import BlueprintError
 from orch.executors import Executor, LocalExecutor
 from orch.expect import META_DIR, Finding, SchemaStore, check_outputs
@@ -338,7 +338,13 @@ class Scheduler:
         # here size and mtime must still match what the manifest recorded (as in
         # `orch status`). `orch barrier STAGE` re-reads every file.
         planner = Planner(self.ws, self.options.agent, deep=False)
-        report = check_barrier(self.ws, outcome.stage, self.options.agent, planner, only=self.options.only)
+        try:
+            report = check_barrier(
+                self.ws, outcome.stage, self.options.agent, planner, only=self.options.only
+            )
+        except Exception as err:  # the outputs changed under us in a way no check expected
+            entry = BarrierEntry("-", "error", "-", error_class_of(err), f"cannot check: {describe(err)}")
+            report = BarrierReport(outcome.stage, len(done), 0, (entry,))
         self._barriers[outcome.stage] = report
         self.log.emit(
             "barrier",

@@ -551,3 +551,27 @@ def test_open_regular_refuses_a_fifo_at_once(part: Path):
     os.mkfifo(part / "pipe")
     with pytest.raises(OSError, match="not a regular file"):
         open_regular(part / "pipe")
+
+
+def test_a_tree_too_deep_for_path_names_is_a_finding_not_a_crash(part: Path):
+    import subprocess
+
+    write(part, "out.md", "## Summary\n")
+    here = os.getcwd()
+    os.chdir(part)
+    try:
+        for _ in range(2100):  # paths past PATH_MAX (4096 bytes)
+            os.mkdir("dd")
+            os.chdir("dd")
+    finally:
+        os.chdir(here)
+    try:
+        findings = check(part, ExpectRule(file="out.md", headings=("## Summary",)))
+        assert [(f.rule, f.detail) for f in findings] == [("exists", "cannot list: File name too long")]
+    finally:
+        subprocess.run(["rm", "-rf", str(part / "dd")], check=True)
+
+
+def test_checking_a_removed_directory_gives_findings(part: Path):
+    findings = check(part / "gone", ExpectRule(file="out.md"), ExpectRule(glob="*.md"))
+    assert [(f.file, f.rule) for f in findings] == [("out.md", "exists"), ("*.md", "glob"), (".", "exists")]
