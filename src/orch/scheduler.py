@@ -42,6 +42,7 @@ from orch.state import (
     PartitionLock,
     archive_attempt,
     check_staging,
+    hash_outputs,
     never_started,
     output_fingerprint,
     promote_many,
@@ -1021,15 +1022,14 @@ def _inspect(
     findings = check_staging(staging)
     if findings:
         return findings, []
-    findings, _ = scan_outputs(staging, hashes=False)
+    findings, outputs = scan_outputs(staging, hashes=False)
     if findings:
         return findings, []
     findings = check_outputs(staging, expect, schemas)
     if findings:
         return findings, []
     touch_meta(staging, AGENT_LOG)
-    findings, outputs = scan_outputs(staging)
-    return findings, outputs
+    return [], hash_outputs(staging, outputs)
 
 
 def _discard_staging(staging: Path) -> None:

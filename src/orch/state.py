@@ -307,6 +307,15 @@ def scan_outputs(directory: Path, hashes: bool = True) -> tuple[list[Finding], l
     return [], sorted(outputs, key=lambda o: o.path)
 
 
+def hash_outputs(directory: Path, outputs: list[OutputFile]) -> list[OutputFile]:
+    """Return `outputs` (from `scan_outputs(directory, hashes=False)`) with their sha256.
+
+    Raises:
+        OSError: an output is gone, or is no longer a regular file.
+    """
+    return [OutputFile(o.path, o.bytes, o.mtime_ns, hash_file(f"{directory}/{o.path}")) for o in outputs]
+
+
 def _scan_dir(
     fd: int,
     prefix: str,
@@ -499,6 +508,11 @@ def touch_meta(directory: Path, name: str) -> None:
         UnsafeMetadata: `directory` or `.orch` is a symlink or not a directory.
         OSError: the file could not be created.
     """
+    with contextlib.suppress(OSError):  # the common case: the backend made it
+        if stat.S_ISREG(os.lstat(f"{directory}/{META_DIR}/{name}").st_mode) and not os.path.islink(
+            f"{directory}/{META_DIR}"
+        ):
+            return
     top = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         meta = _open_meta_dir(top, directory, reclaim=False)
