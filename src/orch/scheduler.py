@@ -42,6 +42,7 @@ from orch.state import (
     PartitionLock,
     archive_attempt,
     check_staging,
+    find_staging_dirs,
     hash_outputs,
     never_started,
     output_fingerprint,
@@ -372,8 +373,26 @@ class Scheduler:
         lock = PartitionLock(self.ws.root, stage.name, partition.id)
         try:
             return await self._attempts(partition, stage, agent, state, manifests, why, lock)
+        except Exception as err:  # a bug or a disk fault in orch's own path: this partition only
+            if lock.is_held:  # so every staging directory of the partition is this run's
+                await asyncio.to_thread(self._archive_all, partition, err)
+            return self._internal_failure(partition, err)
         finally:
             lock.release()
+
+    def _archive_all(self, partition: Partition, err: Exception) -> None:
+        """Archive this run's staging directories of `partition` after `err`, with its traceback."""
+        out_dir = self.ws.root / partition.out_dir
+        for number, path in find_staging_dirs(out_dir):
+            record = {
+                "n": number,
+                "outcome": "failed",
+                "error_class": error_class_of(err),
+                "error": f"internal error: {describe(err)}",
+                "traceback": traceback_of(err),
+            }
+            with contextlib.suppress(Exception):  # e.g. a full disk: the next run cleans it up
+                archive_attempt(self.ws.root, partition.stage, partition.id, path, record)
 
     async def _prepare(
         self,

@@ -736,6 +736,11 @@ class PartitionLock:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
         return False
 
+    @property
+    def is_held(self) -> bool:
+        """True while this object holds the lock."""
+        return bool(self._lock.is_locked)
+
     def release(self) -> None:
         """Release the lock if held."""
         if self._lock.is_locked:
