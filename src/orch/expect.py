@@ -206,7 +206,7 @@ def _check_file(
     with os.fdopen(fd, "rb") as handle:
         try:
             if rule.headings:
-                missing = _missing_headings(handle, rule.headings)
+                missing = _missing_headings(handle, rule.headings, st.st_size)
                 if missing:
                     shown = ", ".join(repr(h) for h in missing)
                     findings.append(Finding(name, "headings", f"missing heading {shown}"))
@@ -244,13 +244,19 @@ def open_regular(path: str | Path, dir_fd: int | None = None, follow: bool = Tru
     return fd
 
 
-def _missing_headings(handle: Any, headings: tuple[str, ...]) -> list[str]:
+def _missing_headings(handle: Any, headings: tuple[str, ...], size: int) -> list[str]:
     """Scan a binary file line by line (1 MiB reads) for lines equal to `headings`
     (trailing whitespace ignored); return those never seen, in rule order.
 
     Memory stays bounded whatever the file: a line longer than MAX_HEADING_LINE
     characters is skipped, not kept. Raises UnicodeDecodeError on invalid UTF-8.
+    A file of at most one read (`size`, bytes) is taken in one piece.
     """
+    if size <= _CHUNK_BYTES:
+        present = {line.rstrip() for line in handle.read(_CHUNK_BYTES).decode("utf-8").splitlines()}
+        if not handle.read(1):  # else it grew meanwhile: stream it from the start
+            return [h for h in headings if h not in present]
+        handle.seek(0)
     wanted = set(headings)
     decoder = codecs.getincrementaldecoder("utf-8")()
     carry, skipping = "", False

@@ -391,8 +391,9 @@ def check_staging(staging: Path) -> list[Finding]:
         return [Finding(".", "staging", "the staging directory was removed during the attempt")]
     if not stat.S_ISDIR(st.st_mode):
         return [Finding(".", "staging", "the staging directory was replaced by a symlink or file")]
+    meta = f"{staging}/{META_DIR}"
     try:
-        st = os.lstat(staging / META_DIR)
+        st = os.lstat(meta)
     except FileNotFoundError:
         return []
     if not stat.S_ISDIR(st.st_mode):
@@ -400,17 +401,12 @@ def check_staging(staging: Path) -> list[Finding]:
             Finding(META_DIR, "meta", f"{META_DIR} was replaced by a symlink or file; orch wrote nothing")
         ]
     findings = []
-    for name in META_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISREG(os.lstat(staging / META_DIR / name).st_mode):
-                findings.append(
-                    Finding(
-                        f"{META_DIR}/{name}",
-                        "meta",
-                        "replaced by a symlink or special file; orch wrote nothing",
-                    )
-                )
-    return findings
+    with os.scandir(meta) as entries:  # d_type from the directory listing: no stat per file
+        for entry in entries:
+            if entry.name in META_FILES and not entry.is_file(follow_symlinks=False):
+                detail = "replaced by a symlink or special file; orch wrote nothing"
+                findings.append(Finding(f"{META_DIR}/{entry.name}", "meta", detail))
+    return sorted(findings, key=lambda f: f.file)
 
 
 class UnsafeMetadata(OSError):
