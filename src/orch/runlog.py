@@ -67,7 +67,10 @@ class RunLog:
             except (OSError, ValueError) as err:
                 self._lost(err)
         for sink in self._sinks:
-            sink(record)
+            try:
+                sink(record)
+            except OSError as err:  # e.g. EIO/EPIPE from a closed terminal: the run goes on
+                self._lost(err)
         return record
 
     def note(self, line: str, heading: str) -> None:
