@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -154,8 +155,7 @@ def test_a_usage_number_past_64_bits_fails_one_partition_and_promotion_goes_on(
 def _can_mount() -> bool:
     if os.geteuid() != 0:
         return False
-    probe = Path(f"/tmp/orch-mount-probe-{os.getpid()}")
-    probe.mkdir(exist_ok=True)
+    probe = Path(tempfile.mkdtemp(prefix="orch-mount-probe-"))
     try:
         ok = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True
