@@ -253,7 +253,8 @@ class RunResult:
             raise PartitionsFailed(
                 f"{len(bad)} of {len(summary.outcomes)} partitions did not complete "
                 f"({', '.join(f'{o.stage}/{o.partition}' for o in bad[:5])}"
-                f"{' ...' if len(bad) > 5 else ''}); see wip/notes.md",
+                f"{' ...' if len(bad) > 5 else ''}); see wip/notes.md"
+                + (f"\n{summary.disk_fault}" if summary.disk_fault else ""),
                 f"inspect with: orch show {first.stage} {first.partition}; "
                 f"rerun the failed ones with: orch stage run {first.stage} --retry-failed",
             )

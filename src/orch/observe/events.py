@@ -38,6 +38,7 @@ class EventName(StrEnum):
     SKIPPED = "skipped"
     BLOCKED = "blocked"
     CLEANED = "cleaned"
+    ARCHIVE_FAILED = "archive_failed"
     ORPHANS_KILLED = "orphans_killed"
     HALTED = "halted"
     INTERRUPT_REQUESTED = "interrupt_requested"
