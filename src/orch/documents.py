@@ -313,7 +313,7 @@ def parse_json(text: str, label: str) -> Any:
     except RecursionError:
         data = None
     else:
-        if text.count("[") + text.count("{") <= MAX_DEPTH or _json_depth(data) <= MAX_DEPTH:
+        if text.count("[") + text.count("{") <= MAX_DEPTH or json_depth(data) <= MAX_DEPTH:
             return data
     raise ConfigError(
         f"{label}:{_json_deep_line(text)}: invalid JSON: "
@@ -322,7 +322,8 @@ def parse_json(text: str, label: str) -> Any:
     )
 
 
-def _json_depth(data: Any) -> int:
+def json_depth(data: Any) -> int:
+    """Return how deeply lists and dicts nest in `data` (stops counting past MAX_DEPTH)."""
     deepest, todo = 0, [(data, 1)]
     while todo:
         value, depth = todo.pop()
