@@ -129,10 +129,25 @@ def load_blueprint(root: Path, rel: str) -> Blueprint:
     """Read and parse the blueprint at `root/rel`.
 
     Raises:
-        ConfigError: the file is missing or unreadable.
+        ConfigError: the file is missing, unreadable, not a regular file or
+            outside the project (symlinks resolved).
         BlueprintError: the blueprint does not parse.
     """
+    check_blueprint_path(root, rel)
     return parse_blueprint(read_text(root / rel, rel), rel, root / "agents")
+
+
+def check_blueprint_path(root: Path, rel: str) -> None:
+    """Refuse a blueprint path outside the project (symlinks resolved) or with a NUL byte.
+
+    Raises:
+        ConfigError: `rel: blueprint file must be inside the project`.
+    """
+    if "\x00" in rel or Path(rel).is_absolute() or root.resolve() not in (root / rel).resolve().parents:
+        raise ConfigError(
+            f"{rel}: blueprint file must be inside the project",
+            "name a Markdown file under the project directory, e.g. agents/01.research.md",
+        )
 
 
 def _split_front_matter(text: str, label: str) -> tuple[str, dict[str, str], str, int]:

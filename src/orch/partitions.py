@@ -17,12 +17,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from orch.blueprints import fill_placeholders
+from orch.blueprints import PLACEHOLDER, fill_placeholders
 from orch.documents import LineList, load_document
 from orch.errors import ConfigError, PartitionError, did_you_mean
 from orch.project import CONFIG_NAME, Project, Stage
 
 MAX_ID_BYTES = 200
+#: The outputs root: every partition directory lies strictly inside it.
+OUTPUTS_ROOT = "data"
+#: Project directories no partition directory may resolve into or around.
+_PROTECTED_DIRS = ("agents", "references", "wip", ".git")
 #: Id of the single partition of a fan-in stage without `by`.
 ALL_ID = "all"
 _DIGITS = re.compile(r"(\d+)")
@@ -119,6 +123,8 @@ class PartitionIndex:
         self._resolved_parents: dict[str, Path] = {}
         self._links: dict[str, set[str]] = {}
         self._root = project.root.resolve()
+        self._outputs_root = (project.root / OUTPUTS_ROOT).resolve()
+        self._protected = [(project.root / d).resolve() for d in _PROTECTED_DIRS]
 
     def for_stage(self, name: str) -> tuple[Partition, ...]:
         """Return the stage's partitions in start order (see `sort_key`).
@@ -159,7 +165,7 @@ class PartitionIndex:
     def _document(self, rel: str) -> Any:
         if rel not in self._documents:
             path = self.project.root / rel
-            if Path(rel).is_absolute() or not _is_inside(self._root, path.resolve()):
+            if "\x00" in rel or Path(rel).is_absolute() or not _is_inside(self._root, path.resolve()):
                 raise ConfigError(f"{rel}: references file must be inside the project")
             cache = self.project.root / "wip" / "cache" / "references"
             self._documents[rel] = load_document(path, rel, cache)
@@ -233,7 +239,7 @@ class PartitionIndex:
             id=pid,
             params=MappingProxyType(params),
             row=MappingProxyType(fields),
-            out_dir=self._out_dir(stage, params, pid, where),
+            out_dir=self._out_dir(stage, params, pid, where, fields),
             source=where,
             children=children,
             priority=priority,
@@ -318,15 +324,23 @@ class PartitionIndex:
                 extra.append((needed, partition.id))
             partitions[index] = _with_children(partition, tuple(extra))
 
-    def _out_dir(self, stage: Stage, params: Mapping[str, Any], pid: str, where: str) -> str:
+    def _out_dir(
+        self, stage: Stage, params: Mapping[str, Any], pid: str, where: str, fields: Mapping[str, Any]
+    ) -> str:
+        """Return the partition's output directory, checked to lie strictly inside
+        `data/` and apart from every other partition's (see `_check_nesting`).
+
+        Row fields the template uses must be single safe path segments.
+        """
         label = f"{CONFIG_NAME}:{stage.line_of('output')}: stages.{stage.name}.output"
+        _check_path_fields(stage, fields, where)
         rel = fill_placeholders(stage.output, params, f"{label}:")
         norm = os.path.normpath(rel)
         if (
             os.path.isabs(rel)
-            or norm == "."
-            or norm.startswith("..")
-            or norm.split(os.sep)[0] in ("wip", ".git", ".orch")
+            or "\x00" in rel
+            or norm.split(os.sep)[0] != OUTPUTS_ROOT
+            or norm == OUTPUTS_ROOT
         ):
             raise ConfigError(
                 f"{label}: output directory '{rel}' of partition {pid} ({where}) is not "
@@ -383,7 +397,9 @@ class PartitionIndex:
             self._resolved_parents[parent] = resolved
             self._links[parent] = _symlinks_in(resolved)
         resolved = self._resolved_parents[parent]
-        if name not in self._links[parent] and _is_inside(self._root, resolved):
+        if name not in self._links[parent] and (
+            resolved == self._outputs_root or self._is_output_path(resolved)
+        ):
             return
         if name in self._links[parent] and not (resolved / name).exists():
             raise ConfigError(
@@ -397,6 +413,53 @@ class PartitionIndex:
                 f"{label}: output directory '{rel}' of partition {pid} resolves to {target}, "
                 "outside the project (through a symlink)",
                 "remove the symlink or point the output template elsewhere",
+            )
+        if not self._is_output_path(target):
+            raise ConfigError(
+                f"{label}: output directory '{rel}' of partition {pid} resolves to {target}, "
+                "which is the project root, data/ itself, or in or around agents/, references/, "
+                "wip/ or .git/ (through a symlink)",
+                "remove the symlink or point the output template elsewhere",
+            )
+
+    def _is_output_path(self, path: Path) -> bool:
+        """Whether `path` (resolved) may be a partition directory or its parent:
+        inside the project, and neither the project root, `data/` itself, nor
+        in or around `agents/`, `references/`, `wip/` or `.git/` (resolved).
+        """
+        if not _is_inside(self._root, path) or path in (self._root, self._outputs_root):
+            return False
+        return not any(
+            _is_inside(protected, path) or _is_inside(path, protected) for protected in self._protected
+        )
+
+
+def _check_path_fields(stage: Stage, fields: Mapping[str, Any], where: str) -> None:
+    """Refuse a row field used in the output template that is not one safe path segment.
+
+    Raises:
+        PartitionError: `where: field NAME = '...' cannot be part of the output
+            path (stages.S.output in orch.yaml): it ...`.
+    """
+    for escaped, name in PLACEHOLDER.findall(stage.output):
+        if escaped or name not in fields:
+            continue
+        text = str(fields[name])
+        reason = None
+        if not text:
+            reason = "is empty"
+        elif "/" in text or "\\" in text:
+            reason = "contains a path separator"
+        elif "\x00" in text:
+            reason = "contains a NUL byte"
+        elif text.startswith("."):
+            reason = "starts with '.' ('.', '..' and hidden names are not allowed)"
+        if reason:
+            raise PartitionError(
+                f"{where}: field {name} = {text!r} cannot be part of the output path "
+                f"(stages.{stage.name}.output in {CONFIG_NAME}): it {reason}",
+                "a row field used in an output path must be a single path segment: "
+                "no '/', not empty, not starting with '.'",
             )
 
 

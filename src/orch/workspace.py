@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orch.backends import fingerprint_settings
-from orch.blueprints import Blueprint, load_blueprint, render_blueprint
+from orch.blueprints import Blueprint, check_blueprint_path, load_blueprint, render_blueprint
 from orch.errors import BlueprintError
 from orch.expect import SchemaStore
 from orch.partitions import Partition, PartitionIndex
@@ -117,6 +117,24 @@ class Workspace:
         self.schemas = SchemaStore(project.root)
         self._blueprints: dict[str, Blueprint] = {}
         self._hashes: dict[Any, str] = {}
+
+    def check(self) -> None:
+        """Run the load-time checks every command that plans or runs shares.
+
+        Loads every stage's partitions (ids, rows, output directories strictly
+        inside data/ and never nested in one another, across all stages),
+        checks blueprint paths stay inside the project, and loads every schema
+        an expect rule names, resolving its `$ref`s. Writes nothing.
+
+        Raises:
+            ConfigError: the first problem found, naming file and line or row.
+        """
+        for name, stage in self.project.stages.items():
+            check_blueprint_path(self.root, stage.blueprint)
+            self.partitions.for_stage(name)
+            for rule in stage.expect:
+                if rule.schema:
+                    self.schemas.validator(rule.schema)
 
     def blueprint(self, stage: Stage) -> Blueprint:
         """Return the stage's parsed blueprint (read once per workspace)."""
