@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
 )
 
 
-def bounded_render(template: jinja2.Template, values: dict[str, Any]) -> str:
+def bounded_render(template: jinja2.Template, values: Mapping[str, Any]) -> str:
     """Render `template` with `values` within the bounds of this module.
 
     Raises:

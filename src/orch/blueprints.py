@@ -210,7 +210,7 @@ def render_blueprint(blueprint: Blueprint, values: Mapping[str, Any], context: s
             other rendering error.
     """
     try:
-        return bounded_render(blueprint.template, dict(values))
+        return bounded_render(blueprint.template, values)
     except jinja2.UndefinedError as err:
         raise _undefined_error(blueprint, values, err, context) from err
     except (

@@ -7,6 +7,7 @@ safe single path segments and output directories to stay inside the project.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -122,6 +123,7 @@ class PartitionIndex:
         self._ancestors: dict[str, tuple[str, str]] = {}
         self._resolved_parents: dict[str, Path] = {}
         self._links: dict[str, set[str]] = {}
+        self._parent_ok: dict[str, bool] = {}
         self._root = project.root.resolve()
         self._outputs_root = (project.root / OUTPUTS_ROOT).resolve()
         self._protected = [(project.root / d).resolve() for d in _PROTECTED_DIRS]
@@ -397,9 +399,9 @@ class PartitionIndex:
             self._resolved_parents[parent] = resolved
             self._links[parent] = _symlinks_in(resolved)
         resolved = self._resolved_parents[parent]
-        if name not in self._links[parent] and (
-            resolved == self._outputs_root or self._is_output_path(resolved)
-        ):
+        if parent not in self._parent_ok:
+            self._parent_ok[parent] = resolved == self._outputs_root or self._is_output_path(resolved)
+        if name not in self._links[parent] and self._parent_ok[parent]:
             return
         if name in self._links[parent] and not (resolved / name).exists():
             raise ConfigError(
@@ -434,6 +436,12 @@ class PartitionIndex:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _template_names(template: str) -> tuple[str, ...]:
+    """Names of the `<NAME>` placeholders in an output template (escaped ones excluded)."""
+    return tuple(name for escaped, name in PLACEHOLDER.findall(template) if not escaped)
+
+
 def _check_path_fields(stage: Stage, fields: Mapping[str, Any], where: str) -> None:
     """Refuse a row field used in the output template that is not one safe path segment.
 
@@ -441,8 +449,8 @@ def _check_path_fields(stage: Stage, fields: Mapping[str, Any], where: str) -> N
         PartitionError: `where: field NAME = '...' cannot be part of the output
             path (stages.S.output in orch.yaml): it ...`.
     """
-    for escaped, name in PLACEHOLDER.findall(stage.output):
-        if escaped or name not in fields:
+    for name in _template_names(stage.output):
+        if name not in fields:
             continue
         text = str(fields[name])
         reason = None
