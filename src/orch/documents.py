@@ -188,11 +188,16 @@ def parse_yaml(text: str, label: str, line_offset: int = 0) -> Any:
         raise ConfigError(f"{where}: invalid YAML: {problem}", hint) from err
 
 
+#: Largest config, blueprint, references or schema file orch reads: 1 GiB.
+MAX_FILE_BYTES = 1024**3
+
+
 def read_text(path: Path, label: str) -> str:
     """Read a UTF-8 regular file, turning OS and decoding errors into ConfigError.
 
-    The file is opened non-blocking and checked to be a regular file before
-    reading, so a FIFO, socket or device is an error, never a hang.
+    The file is opened non-blocking and checked to be a regular file of at
+    most MAX_FILE_BYTES before reading, so a FIFO, socket or device is an
+    error, never a hang.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -211,9 +216,14 @@ def read_text(path: Path, label: str) -> str:
                 f"{label}: cannot read: not a regular file (a FIFO, socket or device)",
                 "replace it with a regular file",
             )
+        if os.fstat(fd).st_size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"{label}: cannot read: larger than {MAX_FILE_BYTES:,} bytes",
+                "split the file, or keep only what the stages need in it",
+            )
         with os.fdopen(fd, "rb") as file:
             fd = -1
-            data = file.read()
+            data = file.read(MAX_FILE_BYTES + 1)
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the data;
         # newlines translated as text mode does (universal newlines)
         return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")

@@ -278,3 +278,11 @@ def test_nul_byte_in_a_path_is_an_error(tmp_path):
 
 def test_crlf_is_read_as_newlines_as_in_text_mode(tmp_path):
     assert read_text(write(tmp_path, "r.yaml", b"a: 1\r\nb: 2\rc: 3\n"), "r") == "a: 1\nb: 2\nc: 3\n"
+
+
+def test_a_file_past_the_size_bound_is_refused_unread(tmp_path, monkeypatch):
+    import orch.documents
+
+    monkeypatch.setattr(orch.documents, "MAX_FILE_BYTES", 8)
+    error = load_error(write(tmp_path, "r.yaml", "- a\n- b\n- c\n"))
+    assert error.message == "references/r.yaml: cannot read: larger than 8 bytes"
