@@ -7,7 +7,6 @@ safe single path segments and output directories to stay inside the project.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -18,9 +17,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from orch.blueprints import PLACEHOLDER, fill_placeholders
+from orch.blueprints import fill_placeholders
 from orch.documents import LineList, load_document
 from orch.errors import ConfigError, PartitionError, did_you_mean
+from orch.output_paths import check_path_fields, dangling_link, is_inside, symlinks_in
 from orch.project import CONFIG_NAME, Project, Stage
 
 MAX_ID_BYTES = 200
@@ -167,7 +167,7 @@ class PartitionIndex:
     def _document(self, rel: str) -> Any:
         if rel not in self._documents:
             path = self.project.root / rel
-            if "\x00" in rel or Path(rel).is_absolute() or not _is_inside(self._root, path.resolve()):
+            if "\x00" in rel or Path(rel).is_absolute() or not is_inside(self._root, path.resolve()):
                 raise ConfigError(f"{rel}: references file must be inside the project")
             cache = self.project.root / "wip" / "cache" / "references"
             self._documents[rel] = load_document(path, rel, cache)
@@ -335,7 +335,7 @@ class PartitionIndex:
         Row fields the template uses must be single safe path segments.
         """
         label = f"{CONFIG_NAME}:{stage.line_of('output')}: stages.{stage.name}.output"
-        _check_path_fields(stage, fields, where)
+        check_path_fields(stage, fields, where)
         rel = fill_placeholders(stage.output, params, f"{label}:")
         norm = os.path.normpath(rel)
         if (
@@ -388,7 +388,7 @@ class PartitionIndex:
     def _check_symlinks(self, norm: str, rel: str, pid: str, label: str) -> None:
         parent, name = os.path.split(norm)
         if parent not in self._resolved_parents:
-            dangling = _dangling_link(self.project.root, parent)
+            dangling = dangling_link(self.project.root, parent)
             if dangling:
                 raise ConfigError(
                     f"{label}: output directory '{rel}' of partition {pid} passes through the "
@@ -397,7 +397,7 @@ class PartitionIndex:
                 )
             resolved = (self.project.root / parent).resolve()
             self._resolved_parents[parent] = resolved
-            self._links[parent] = _symlinks_in(resolved)
+            self._links[parent] = symlinks_in(resolved)
         resolved = self._resolved_parents[parent]
         if parent not in self._parent_ok:
             self._parent_ok[parent] = resolved == self._outputs_root or self._is_output_path(resolved)
@@ -410,7 +410,7 @@ class PartitionIndex:
                 "remove the symlink, or create the directory it points to",
             )
         target = (resolved / name).resolve()
-        if not _is_inside(self._root, target):
+        if not is_inside(self._root, target):
             raise ConfigError(
                 f"{label}: output directory '{rel}' of partition {pid} resolves to {target}, "
                 "outside the project (through a symlink)",
@@ -429,72 +429,11 @@ class PartitionIndex:
         inside the project, and neither the project root, `data/` itself, nor
         in or around `agents/`, `references/`, `wip/` or `.git/` (resolved).
         """
-        if not _is_inside(self._root, path) or path in (self._root, self._outputs_root):
+        if not is_inside(self._root, path) or path in (self._root, self._outputs_root):
             return False
         return not any(
-            _is_inside(protected, path) or _is_inside(path, protected) for protected in self._protected
+            is_inside(protected, path) or is_inside(path, protected) for protected in self._protected
         )
-
-
-@functools.lru_cache(maxsize=64)
-def _template_names(template: str) -> tuple[str, ...]:
-    """Names of the `<NAME>` placeholders in an output template (escaped ones excluded)."""
-    return tuple(name for escaped, name in PLACEHOLDER.findall(template) if not escaped)
-
-
-def _check_path_fields(stage: Stage, fields: Mapping[str, Any], where: str) -> None:
-    """Refuse a row field used in the output template that is not one safe path segment.
-
-    Raises:
-        PartitionError: `where: field NAME = '...' cannot be part of the output
-            path (stages.S.output in orch.yaml): it ...`.
-    """
-    for name in _template_names(stage.output):
-        if name not in fields:
-            continue
-        text = str(fields[name])
-        reason = None
-        if not text:
-            reason = "is empty"
-        elif "/" in text or "\\" in text:
-            reason = "contains a path separator"
-        elif "\x00" in text:
-            reason = "contains a NUL byte"
-        elif text.startswith("."):
-            reason = "starts with '.' ('.', '..' and hidden names are not allowed)"
-        if reason:
-            raise PartitionError(
-                f"{where}: field {name} = {text!r} cannot be part of the output path "
-                f"(stages.{stage.name}.output in {CONFIG_NAME}): it {reason}",
-                "a row field used in an output path must be a single path segment: "
-                "no '/', not empty, not starting with '.'",
-            )
-
-
-def _dangling_link(root: Path, rel: str) -> str | None:
-    """Return `path -> target` for the first dangling symlink on `root/rel`, if any."""
-    path = root
-    for part in Path(rel).parts:
-        path = path / part
-        if path.is_symlink() and not path.exists():
-            return f"{path.relative_to(root)} -> {os.readlink(path)}"
-        if not path.exists():
-            return None
-    return None
-
-
-def _symlinks_in(directory: Path) -> set[str]:
-    """Return names of the symlinks in `directory` (one scandir, not a stat per name)."""
-    try:
-        with os.scandir(directory) as entries:
-            return {e.name for e in entries if e.is_symlink()}
-    except OSError:
-        return set()
-
-
-def _is_inside(root: Path, path: Path) -> bool:
-    root_s, path_s = str(root), str(path)
-    return path_s == root_s or path_s.startswith(root_s.rstrip(os.sep) + os.sep)
 
 
 def _priority(value: Any, where: str) -> float:
