@@ -59,6 +59,9 @@ class _Budget:
         self.iterations = 0
 
 
+# A context variable, not state on the environment: one Blueprint (and its
+# environment) is rendered from several scheduler threads at once, and an
+# include renders in a fresh jinja2 Context that must spend the same budget.
 _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
     "orch_blueprint_budget", default=None
 )

@@ -2,7 +2,8 @@
 
 A fan-out stage gets one partition per row of its references file; a fan-in
 stage one per group of its upstream stage's partitions. Ids are checked to be
-safe single path segments and output directories to stay inside the project.
+safe single path segments, and output directories to lie strictly inside data/,
+apart from one another (see `orch.output_paths`).
 """
 
 from __future__ import annotations
