@@ -49,12 +49,16 @@ class Context:
     json: bool = False
     debug: bool = False
 
-    def workspace(self) -> Any:
-        """Load the project (walking up from cwd unless --project/ORCH_PROJECT)."""
+    def workspace(self, checked: bool = True) -> Any:
+        """Load the project (walking up from cwd unless --project/ORCH_PROJECT);
+        `checked`: run the load-time checks (Workspace.check) before returning."""
         from orch.project import find_root, load_project
         from orch.workspace import Workspace
 
-        return Workspace(load_project(find_root(explicit=self.project)))
+        ws = Workspace(load_project(find_root(explicit=self.project)))
+        if checked:
+            ws.check()
+        return ws
 
     @property
     def out(self) -> Console | PlainOut:
@@ -475,7 +479,7 @@ def blueprint_check(ctx: Context, file: Path | None) -> None:
     from orch.commands import check_blueprints
     from orch.views import print_json
 
-    report = check_blueprints(ctx.workspace(), file)
+    report = check_blueprints(ctx.workspace(checked=False), file)
     if ctx.json:
         print_json(ctx.out, report.to_json())
     else:

@@ -76,18 +76,43 @@ class SchemaStore:
         return self._validators[rel]
 
     def _load(self, rel: str) -> Any:
-        """Read, check and compile the schema at `root/rel` (see `validator`)."""
+        """Read, check and compile the schema at `root/rel` (see `validator`).
+
+        Its `$ref`s are resolved here, once, to JSON files inside the project
+        only (see `orch.schema_refs`); the validator never retrieves anything.
+        """
         import jsonschema
+        from referencing.jsonschema import DRAFT202012, specification_with
+
+        from orch.documents import MAX_DEPTH, json_depth, read_text
+        from orch.schema_refs import local_registry
 
         path = self.root / rel
-        try:
-            schema = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if os.path.isabs(rel) or "\x00" in rel or not _is_within(self.root.resolve(), path.resolve()):
             raise ConfigError(
-                f"{rel}: schema file not found (named by an expect rule in orch.yaml)"
-            ) from None
-        except (OSError, ValueError) as err:
+                f"{rel}: schema file must be inside the project (named by an expect rule in orch.yaml)",
+                "use a path relative to the project root, e.g. references/schemas/x.json",
+            )
+        try:
+            text = read_text(path, rel)
+        except ConfigError as err:
+            if err.message.endswith("file not found"):
+                raise ConfigError(
+                    f"{rel}: schema file not found (named by an expect rule in orch.yaml)"
+                ) from None
+            raise
+        try:
+            schema = json.loads(text)
+        except ValueError as err:
             raise ConfigError(f"{rel}: cannot read JSON schema: {err}") from err
+        except RecursionError:
+            schema = None
+            text = ""
+        if not text or json_depth(schema) > MAX_DEPTH:
+            raise ConfigError(
+                f"{rel}: cannot read JSON schema: it nests deeper than {MAX_DEPTH} levels",
+                f"orch reads at most {MAX_DEPTH} levels of nesting",
+            )
         if not isinstance(schema, dict | bool | list):
             raise ConfigError(f"{rel}: invalid JSON Schema: expected an object, got {type(schema).__name__}")
         with warnings.catch_warnings():
@@ -104,11 +129,16 @@ class SchemaStore:
             cls.check_schema(schema)
         except jsonschema.SchemaError as err:
             raise ConfigError(f"{rel}: invalid JSON Schema: {err.message}") from err
-        return cls(schema)
+        spec = specification_with(cls.ID_OF(cls.META_SCHEMA) or "", default=DRAFT202012)
+        return cls(schema, registry=local_registry(self.root, rel, schema, spec))
 
     def schema(self, rel: str) -> Any:
         """Return the parsed schema document at `rel`."""
         return self.validator(rel).schema
+
+
+def _is_within(root: Path, path: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def _rule_files(directory: Path | str, rule: ExpectRule) -> tuple[list[str], Finding | None]:

@@ -575,3 +575,66 @@ def test_a_tree_too_deep_for_path_names_is_a_finding_not_a_crash(part: Path):
 def test_checking_a_removed_directory_gives_findings(part: Path):
     findings = check(part / "gone", ExpectRule(file="out.md"), ExpectRule(glob="*.md"))
     assert [(f.file, f.rule) for f in findings] == [("out.md", "exists"), ("*.md", "glob"), (".", "exists")]
+
+
+# SchemaStore: $ref resolved once, locally (issue 10, item 7)
+
+
+def schema_with_ref(tmp_path: Path, ref: str) -> SchemaStore:
+    (tmp_path / "schemas").mkdir(exist_ok=True)
+    (tmp_path / "schemas" / "s.json").write_text(
+        json.dumps({"$defs": {"n": {"type": "integer"}}, "properties": {"x": {"$ref": ref}}})
+    )
+    return SchemaStore(tmp_path)
+
+
+def test_schema_refs_to_fragments_and_project_files_resolve_at_load(tmp_path: Path):
+    (tmp_path / "schemas" / "common").mkdir(parents=True)
+    (tmp_path / "schemas" / "common" / "url.json").write_text(
+        json.dumps({"$defs": {"u": {"$ref": "str.json"}}})
+    )
+    (tmp_path / "schemas" / "common" / "str.json").write_text(json.dumps({"type": "string"}))
+    store = schema_with_ref(tmp_path, "common/url.json#/$defs/u")
+    validator = store.validator("schemas/s.json")
+    (tmp_path / "schemas" / "common" / "str.json").unlink()  # resolved once: never read again
+    assert [e.message for e in validator.iter_errors({"x": 1})] == ["1 is not of type 'string'"]
+    assert not list(schema_with_ref(tmp_path, "#/$defs/n").validator("schemas/s.json").iter_errors({"x": 1}))
+
+
+@pytest.mark.parametrize(
+    ("ref", "why"),
+    [
+        ("https://example.com/s.json", "only files inside the project are allowed, not URLs"),
+        ("http://127.0.0.1:9/s.json", "only files inside the project are allowed, not URLs"),
+        ("file:///etc/passwd", "/etc/passwd is outside the project"),
+        ("../../outside.json", "is outside the project"),
+        ("missing.json", "schemas/missing.json: file not found"),
+        ("#/$defs/nowhere", "/$defs/nowhere"),
+    ],
+)
+def test_unresolvable_or_remote_schema_refs_fail_at_load(tmp_path: Path, ref: str, why: str):
+    with pytest.raises(ConfigError) as info:
+        schema_with_ref(tmp_path, ref).validator("schemas/s.json")
+    assert info.value.message.startswith(f"schemas/s.json: $ref '{ref}' cannot be resolved: ")
+    assert why in info.value.message
+    assert info.value.hint == (
+        "point $ref at a '#/...' fragment or a JSON file inside the project, by a relative path"
+    )
+
+
+def test_schema_outside_the_project_or_not_a_regular_file_is_refused(tmp_path: Path):
+    import os
+
+    with pytest.raises(ConfigError) as info:
+        SchemaStore(tmp_path).validator("../s.json")
+    assert info.value.message == (
+        "../s.json: schema file must be inside the project (named by an expect rule in orch.yaml)"
+    )
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(ConfigError) as info:
+        SchemaStore(tmp_path).validator("fifo.json")
+    assert info.value.message == "fifo.json: cannot read: not a regular file (a FIFO, socket or device)"
+    (tmp_path / "deep.json").write_text("[" * 200 + "]" * 200)
+    with pytest.raises(ConfigError) as info:
+        SchemaStore(tmp_path).validator("deep.json")
+    assert info.value.message == "deep.json: cannot read JSON schema: it nests deeper than 100 levels"
