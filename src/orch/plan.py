@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from orch.errors import StageBlocked
-from orch.expect import Finding, check_outputs
+from orch.expect import META_DIR, Finding, check_outputs
 from orch.partitions import Partition
 from orch.project import AgentConfig, Stage
 from orch.state import (
+    PROMPT,
     STAGING_NAME,
     Manifest,
     is_locked,
@@ -49,7 +50,7 @@ class PartitionState:
     Attributes:
         partition: The partition.
         status: Its status.
-        reason: One line: "missing", "failed in attempt 3: timeout after 20m",
+        reason: One line: "missing", "failed: timeout after 20m (attempt #3)",
             "stale: prompt changed (blueprint agents/02.deep_researcher.md)", ...
         manifest: Its manifest if the directory holds a valid one.
         fingerprint: The current fingerprint; None while inputs are not complete.
@@ -177,7 +178,14 @@ class Planner:
                 return PartitionState(
                     partition,
                     Status.STALE,
-                    stale_reason(manifest, fingerprint, partition, stage),
+                    stale_reason(
+                        manifest,
+                        fingerprint,
+                        partition,
+                        stage,
+                        read_prompt(out_dir) if manifest.parts.get("prompt") != fingerprint.prompt else None,
+                        prompt,
+                    ),
                     manifest,
                     fingerprint,
                     prompt,
@@ -211,7 +219,7 @@ class Planner:
             return PartitionState(
                 partition,
                 Status.FAILED,
-                f"failed in attempt {error.get('n', '?')}: {error.get('error', 'unknown error')}",
+                f"failed: {error.get('error', 'unknown error')} (attempt #{error.get('n', '?')})",
                 None,
                 fingerprint,
                 prompt,
@@ -284,8 +292,21 @@ class Planner:
         return None
 
 
-def stale_reason(manifest: Manifest, fp: Fingerprint, partition: Partition, stage: Stage) -> str:
-    """Explain which input of the fingerprint changed, most specific first."""
+def stale_reason(
+    manifest: Manifest,
+    fp: Fingerprint,
+    partition: Partition,
+    stage: Stage,
+    old_prompt: str | None = None,
+    new_prompt: str | None = None,
+) -> str:
+    """Explain which input of the fingerprint changed, most specific first.
+
+    Names the changed children, row fields, var or agent keys (manifests
+    written before per-key hashes were stored name none), and the first
+    changed prompt lines when both prompts are given (`old_prompt`: the
+    partition's `.orch/prompt.md`).
+    """
     old = manifest.parts
     if old.get("inputs") != dict(fp.inputs):
         before = old.get("inputs") or {}
@@ -293,23 +314,70 @@ def stale_reason(manifest: Manifest, fp: Fingerprint, partition: Partition, stag
         changed += [k.split("/", 1)[1] for k in before if k not in fp.inputs]
         if changed:
             label = "child" if len(changed) == 1 else "children"
-            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-            return f"stale: {label} {shown} changed"
+            return f"stale: {label} {_first(changed)} changed"
     if old.get("prompt") != fp.prompt:
         now = fp.explain()
+        where = prompt_change(old_prompt, new_prompt)
         if old.get("row") != now["row"]:
             source = partition.source.split(":", 1)[0]
-            return f"stale: {source} row changed"
+            keys = changed_keys(old.get("row_keys"), now.get("row_keys"))
+            return f"stale: {source} row changed" + (f" (field {_first(keys)})" if keys else "")
         if old.get("vars") != now["vars"]:
-            return "stale: vars changed (orch.yaml)"
+            keys = changed_keys(old.get("vars_keys"), now.get("vars_keys"))
+            return f"stale: vars changed (orch.yaml{': ' + _first(keys) if keys else ''})"
         if old.get("blueprint") != now["blueprint"]:
-            return f"stale: prompt changed (blueprint {stage.blueprint})"
-        return "stale: prompt changed"
+            return f"stale: prompt changed{where} (blueprint {stage.blueprint})"
+        return f"stale: prompt changed{where}"
     if old.get("agent") != fp.agent:
-        return "stale: agent settings changed"
+        keys = changed_keys(old.get("agent_keys"), fp.explain().get("agent_keys"))
+        return "stale: agent settings changed" + (f" ({_first(keys)})" if keys else "")
     if old.get("expect") != fp.expect:
         return "stale: expect rules changed"
     return "stale: fingerprint changed"
+
+
+def changed_keys(before: Any, now: Any) -> list[str]:
+    """Keys whose value hash differs between two `key -> hash` maps (added and removed too).
+
+    Returns [] when either map is absent (a manifest from before per-key hashes).
+    """
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return []
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
+def prompt_change(old: str | None, new: str | None) -> str:
+    """Describe where `new` differs from `old`: " at line 3", " at lines 3, 9, whitespace only".
+
+    Line numbers are 1-based lines of the new prompt (the first three changes);
+    "" when either prompt is unknown or they are equal.
+    """
+    if old is None or new is None or old == new:
+        return ""
+    import difflib
+
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    matcher = difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False)
+    lines = [min(j1, len(new_lines) - 1) + 1 for tag, _, _, j1, _ in matcher.get_opcodes() if tag != "equal"]
+    if not lines:  # only the final newline differs
+        lines = [max(len(new_lines), 1)]
+    label = "line" if len(lines) == 1 else "lines"
+    shown = ", ".join(str(n) for n in lines[:3]) + (" ..." if len(lines) > 3 else "")
+    blank = ", whitespace only" if old.split() == new.split() else ""
+    return f" at {label} {shown}{blank}"
+
+
+def read_prompt(out_dir: Path | str) -> str | None:
+    """Return the prompt that produced a partition (`.orch/prompt.md`), or None."""
+    try:
+        return Path(out_dir, META_DIR, PROMPT).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _first(names: list[str], limit: int = 3) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def upstream_blockers(planner: Planner, stage: Stage, only: Iterable[str] | None = None) -> None:

@@ -72,6 +72,8 @@ class Manifest:
         run_id: The run that promoted it.
         started_at: Unix time the successful attempt started (seconds).
         finished_at: Unix time it was promoted (seconds).
+        accepted: Each `orch accept` that re-recorded the fingerprint without a
+            run: `{at, run_id, from_fingerprint, reason}` (absent if none).
     """
 
     stage: str
@@ -89,6 +91,7 @@ class Manifest:
     finished_at: float = 0.0
     status: str = "complete"
     version: int = MANIFEST_VERSION
+    accepted: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -104,6 +107,8 @@ class Manifest:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["outputs"] = [vars(o) for o in self.outputs]
         data["duration_s"] = self.duration_s
+        if not self.accepted:  # manifests never accepted keep their layout
+            del data["accepted"]
         return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
 
 

@@ -31,6 +31,11 @@ def digest(value: Any) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+def key_digests(mapping: Mapping[str, Any]) -> dict[str, str]:
+    """Return `key -> digest(value)`: what a manifest keeps to name a changed key."""
+    return {str(k): digest(v) for k, v in mapping.items()}
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """A partition's fingerprint and the hashes it was made of.
@@ -45,7 +50,7 @@ class Fingerprint:
     agent: str
     expect: str
     inputs: Mapping[str, str]
-    explain: Callable[[], dict[str, str]]
+    explain: Callable[[], dict[str, Any]]
 
     def parts(self) -> dict[str, Any]:
         """Return the parts as stored in the manifest (with row/vars/blueprint)."""
@@ -202,15 +207,18 @@ class Workspace:
             parts += [f"{k}={v}" for k, v in sorted(inputs.items())]
         value = digest("\0".join(parts))
 
-        def explain() -> dict[str, str]:
+        def explain() -> dict[str, Any]:
+            merged = {**self.project.vars, **stage.vars}
             return {
                 "row": digest(dict(partition.row)),
-                "vars": self._cached(
-                    ("vars", stage.name), lambda: digest({**self.project.vars, **stage.vars})
-                ),
+                "vars": self._cached(("vars", stage.name), lambda: digest(merged)),
                 "blueprint": self._cached(
                     ("blueprint", stage.name), lambda: digest(self.blueprint(stage).digest_source)
                 ),
+                # per-key hashes name the changed key; not part of `value`
+                "row_keys": key_digests(partition.row),
+                "vars_keys": key_digests(merged),
+                "agent_keys": key_digests(fingerprint_settings(agent)),
             }
 
         return Fingerprint(value, prompt_hash, agent_hash, expect_hash, inputs, explain)
