@@ -310,16 +310,15 @@ class RunResult:
             return
         again = self.invocation
         if summary.interrupted:
-            raise Interrupted(
-                "run interrupted; running agents were terminated and recorded",
-                f"resume with: {again.line()}"
-                + (
-                    " (without --force: what this run finished is kept; to redo the rest too, "
-                    "add --force --only with their ids)"
-                    if again.force
-                    else ""
-                ),
-            )
+            unfinished = [o.partition for o in summary.outcomes if o.status not in ("complete", "up-to-date")]
+            if again.force and unfinished:  # repeating --force would redo what this run finished
+                hint = (
+                    f"force only the {len(unfinished)} partition(s) this run did not finish: "
+                    f"{again.with_only(unfinished).line('--force')}"
+                )
+            else:
+                hint = f"resume with: {again.line()}"
+            raise Interrupted("run interrupted; running agents were terminated and recorded", hint)
         bad = [o for o in summary.outcomes if o.status in ("failed", "blocked", "halted", "interrupted")]
         if bad and all(o.status == "halted" for o in bad):
             raise PartitionsFailed(

@@ -55,6 +55,10 @@ class Invocation:
         command = ("run",)
         return replace(self, command=command, only=(), force=False)
 
+    def with_only(self, ids: list[str]) -> Invocation:
+        """The same command narrowed to partition `ids`."""
+        return replace(self, only=tuple(ids))
+
     def other(self, *command: str) -> Invocation:
         """Another command on the same project (no run flags)."""
         return Invocation(command=command, project=self.project)
