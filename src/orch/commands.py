@@ -309,23 +309,19 @@ class RunResult:
         if summary is None:
             return
         again = self.invocation
+        unfinished = [o.partition for o in summary.outcomes if o.status not in ("complete", "up-to-date")]
         if summary.interrupted:
-            unfinished = [o.partition for o in summary.outcomes if o.status not in ("complete", "up-to-date")]
-            if again.force and unfinished:  # repeating --force would redo what this run finished
-                hint = (
-                    f"force only the {len(unfinished)} partition(s) this run did not finish: "
-                    f"{again.with_only(unfinished).line('--force')}"
-                )
-            else:
-                hint = f"resume with: {again.line()}"
-            raise Interrupted("run interrupted; running agents were terminated and recorded", hint)
+            raise Interrupted(
+                "run interrupted; running agents were terminated and recorded",
+                _resume_hint(again, unfinished, "resume with: "),
+            )
         bad = [o for o in summary.outcomes if o.status in ("failed", "blocked", "halted", "interrupted")]
         if bad and all(o.status == "halted" for o in bad):
             raise PartitionsFailed(
                 f"{len(bad)} of {len(summary.outcomes)} partitions were not started: "
                 f"{summary.halted or bad[0].reason}",
-                f"continue with: {again.line()} "
-                "(raise max_cost_usd in orch.yaml if a budget stopped the run)",
+                _resume_hint(again, unfinished, "continue with: ")
+                + " (raise max_cost_usd in orch.yaml if a budget stopped the run)",
             )
         if bad:
             first = next((o for o in bad if o.status == "failed"), bad[0])
@@ -349,6 +345,20 @@ class RunResult:
                 + (f" ({len(held)} partition(s) held by another orch run)" if held else ""),
                 f"check with: {again.other('barrier', unmet[0].stage).line()}",
             )
+
+
+def _resume_hint(again: Invocation, unfinished: list[str], label: str) -> str:
+    """The command that picks up where a stopped run left off.
+
+    Repeating `--force` would redo what the run finished, so a forced run's
+    hint forces only the partitions it did not finish.
+    """
+    if again.force and unfinished:
+        return (
+            f"force only the {len(unfinished)} partition(s) this run did not finish: "
+            f"{again.with_only(unfinished).line('--force')}"
+        )
+    return f"{label}{again.line()}"
 
 
 def run_stages(
