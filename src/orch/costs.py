@@ -41,14 +41,13 @@ class Totals:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
 
-    def add(self, key: tuple[str, str], usage: dict[str, Any]) -> None:
-        """Add one attempt's usage record of partition `key` (untrusted numbers are skipped)."""
+    def add(self, key: tuple[str, str], tokens: tuple[int, int], cost: float | None) -> None:
+        """Add one attempt of partition `key`: `(input, output)` tokens and dollars (None: unknown)."""
         self.attempts += 1
-        self.input_tokens += _count(usage.get("input_tokens"))
-        self.output_tokens += _count(usage.get("output_tokens"))
-        cost = usage.get("cost_usd")
-        if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
-            self.cost_usd += float(cost)
+        self.input_tokens += tokens[0]
+        self.output_tokens += tokens[1]
+        if cost is not None:
+            self.cost_usd += cost
             self.priced.add(key)
 
     def mean_cost_usd(self) -> float | None:
@@ -75,13 +74,17 @@ class Spending:
     total: Totals = field(default_factory=Totals)
 
     def add(self, stage: str, agent: str, key: tuple[str, str], usage: dict[str, Any]) -> None:
-        """Count one attempt of partition `key` by `agent`."""
+        """Count one attempt of partition `key` by `agent` (untrusted numbers are skipped)."""
+        tokens, cost = (0, 0), None
+        if usage:  # rehearsal and many CLIs report nothing
+            tokens = (_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
+            cost = _dollars(usage.get("cost_usd"))
         for totals in (
             self.by_stage.setdefault(stage, Totals()),
             self.by_agent.setdefault(agent, Totals()),
             self.total,
         ):
-            totals.add(key, usage)
+            totals.add(key, tokens, cost)
 
 
 def spending(planner: Planner, stages: Iterable[str] | None = None) -> Spending:
@@ -155,3 +158,9 @@ def _count(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
         return value
     return 0
+
+
+def _dollars(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
