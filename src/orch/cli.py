@@ -586,6 +586,21 @@ def exit_code_for(error: BaseException) -> int:
     return 1
 
 
+def with_project(hint: str, project: str | None) -> str:
+    """Add `--project DIR` to every `orch <command>` in a hint, so it works pasted anywhere.
+
+    Hints built by `orch.hints` already carry it; library hints ("list them
+    with: orch plan work") get it here.
+    """
+    if not project:
+        return hint
+    import re
+    import shlex
+
+    commands = "|".join(re.escape(name) for name in cli.commands)
+    return re.sub(rf"\borch (?=(?:{commands})\b)", f"orch --project {shlex.quote(project)} ", hint)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; print errors as `error: ...` / `hint: ...`; return the exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -593,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     # CPython's default gen-0 threshold (700) `orch status` on 10k partitions
     # spent ~40% of its time in the cyclic collector (bench/status.py).
     gc.set_threshold(50_000, 20, 20)
+    context = Context()
     try:
-        cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=Context())
+        cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=context)
         return 0
     except click.exceptions.Exit as done:
         return int(done.exit_code)
@@ -609,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         click.echo(f"error: {err.message}", err=True)
         if err.hint:
-            click.echo(f"hint: {err.hint}", err=True)
+            click.echo(f"hint: {with_project(err.hint, context.project)}", err=True)
         return exit_code_for(err)
     except BrokenPipeError:
         return 1

@@ -148,3 +148,13 @@ def test_barrier_and_accept_hints_name_the_project(make_project, tmp_path):
     assert argv == ["--project", root, "stage", "run", "work"]
     assert run_from(project, tmp_path, argv).returncode == 0
     assert sorted(ran(project)[:2]) == ["item01", "item02"] and ran(project)[2:] == ["item02"]
+
+
+def test_library_hints_gain_the_project_flag(make_project, tmp_path):
+    project = make_project(n_items=2)
+    root = str(project.root)
+    result = run_from(project, tmp_path, ["--project", root, "stage", "run", "work", "--only", "item9"])
+    assert result.returncode == 2
+    argv = hinted(result.stderr, "list partitions with: ")
+    assert argv == ["--project", root, "plan", "work"]
+    assert "item01" in run_from(project, tmp_path, argv).stdout
