@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from orch.errors import UsageError, did_you_mean
 from orch.expect import META_DIR, check_outputs
 from orch.plan import PartitionState, Planner, Status
 from orch.runlog import RunLog, new_run_id
@@ -71,7 +72,7 @@ def accept_stage(
         agent: The agent the partitions are meant to run with (`--agent`).
 
     Raises:
-        UsageError: unknown stage or agent.
+        UsageError: unknown stage, agent or partition id.
     """
     name = ws.project.stage(stage).name
     if agent:
@@ -79,6 +80,13 @@ def accept_stage(
     planner = Planner(ws, agent, deep=True)
     wanted = set(only) if only else None
     states = [s for s in planner.stage_states(name) if wanted is None or s.partition.id in wanted]
+    unknown = sorted((wanted or set()) - {s.partition.id for s in states})
+    if unknown:
+        ids = [p.id for p in ws.partitions.for_stage(name)]
+        raise UsageError(
+            f"--only: no partition '{unknown[0]}' in stage {name}{did_you_mean(unknown[0], ids)}",
+            f"list partitions with: orch plan {name}",
+        )
     report = AcceptReport(name, [], new_run_id())
     log: RunLog | None = None
     for state in states:

@@ -147,6 +147,8 @@ def plan_summary(
     if agent:
         ws.project.agent(agent)
     planner = Planner(ws, agent)
+    if only:
+        _check_only(ws, [ws.project.stage(stage).name] if stage else list(ws.project.stages), list(only))
     planned = plan_stages(ws, stage, agent, only, planner)
     actions = {"run": 0, "wait": 0, "held": 0, "skip": 0}
     for _, states in planned:

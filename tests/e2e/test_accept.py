@@ -143,3 +143,13 @@ def test_changed_agent_env_and_var_name_the_key(make_project):
     config["vars"]["TOPIC"] = "other"
     project.config(config)
     assert {p["reason"] for p in plan(project).values()} == {"stale: vars changed (orch.yaml: TOPIC)"}
+
+
+def test_plan_diff_names_an_unknown_partition(make_project):
+    project = make_project(n_items=2)
+    result = project.orch("plan", "work", "--diff", "--only", "item9")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --only: no partition 'item9' in stage(s) work; did you mean")
+    refused = project.orch("accept", "work", "--only", "item01,item9")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: --only: no partition 'item9' in stage work")
