@@ -347,24 +347,32 @@ def changed_keys(before: Any, now: Any) -> list[str]:
 
 
 def prompt_change(old: str | None, new: str | None) -> str:
-    """Describe where `new` differs from `old`: " at line 3", " at lines 3, 9, whitespace only".
+    """Describe where `new` differs from `old`: " at line 3", " at lines 3-9, whitespace only".
 
-    Line numbers are 1-based lines of the new prompt (the first three changes);
-    "" when either prompt is unknown or they are equal.
+    Lines are 1-based lines of the new prompt, from the first to the last that
+    differ (two linear scans: `orch status` may explain thousands of stale
+    partitions; a full diff is `orch plan --diff`). "" when either prompt is
+    unknown or they are equal.
     """
     if old is None or new is None or old == new:
         return ""
-    import difflib
-
     old_lines, new_lines = old.splitlines(), new.splitlines()
-    matcher = difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False)
-    lines = [min(j1, len(new_lines) - 1) + 1 for tag, _, _, j1, _ in matcher.get_opcodes() if tag != "equal"]
-    if not lines:  # only the final newline differs
-        lines = [max(len(new_lines), 1)]
-    label = "line" if len(lines) == 1 else "lines"
-    shown = ", ".join(str(n) for n in lines[:3]) + (" ..." if len(lines) > 3 else "")
-    blank = ", whitespace only" if old.split() == new.split() else ""
-    return f" at {label} {shown}{blank}"
+    first = next(
+        (i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=False)) if a != b),
+        min(len(old_lines), len(new_lines)),
+    )
+    tail = next(
+        (i for i, (a, b) in enumerate(zip(reversed(old_lines), reversed(new_lines), strict=False)) if a != b),
+        min(len(old_lines), len(new_lines)),
+    )
+    keep = min(tail, len(old_lines) - first, len(new_lines) - first)  # common tail after `first`
+    window = (old_lines[first : len(old_lines) - keep], new_lines[first : len(new_lines) - keep])
+    blank = ", whitespace only" if " ".join(window[0]).split() == " ".join(window[1]).split() else ""
+    last = max(len(new_lines) - tail, first + 1)
+    first = min(first + 1, max(len(new_lines), 1))  # only the final newline differs: the last line
+    last = min(max(last, first), max(len(new_lines), 1))
+    where = f"line {first}" if first == last else f"lines {first}-{last}"
+    return f" at {where}{blank}"
 
 
 def read_prompt(out_dir: Path | str) -> str | None:

@@ -172,7 +172,11 @@ def test_blueprint_change_names_the_prompt_lines():
     [
         ("a\nb\n", "a\nb", " at line 2, whitespace only"),
         ("a\nb\n", "a \nb\n", " at line 1, whitespace only"),
-        ("a\nb\nc\nd\ne\n", "A\nb\nC\nd\nE\nF\n", " at lines 1, 3, 5"),
+        ("a\nb\nc\nd\ne\n", "A\nb\nC\nd\nE\nF\n", " at lines 1-6"),
+        ("a\nb\nc\nd\n", "a\nB\nC\nd\n", " at lines 2-3"),
+        ("a\nb\nc\n", "a\nc\n", " at line 2"),
+        ("a\nc\n", "a\nb\nc\n", " at line 2"),
+        ("a\n", "a\n\n", " at line 2, whitespace only"),
         ("a\n", "a\n", ""),
         (None, "a\n", ""),
     ],
