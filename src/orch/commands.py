@@ -95,7 +95,7 @@ def status_usage(ws: Workspace) -> tuple[list[dict[str, Any]], dict[str, dict[st
     """
     from orch.costs import spending
 
-    planner = Planner(ws)
+    planner = Planner(ws, lines=False)  # counts only: no stale reasons shown
     overview = status_overview(planner)
     spent = spending(planner)
     for row in overview:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orch.expect import META_DIR
-from orch.plan import PartitionState, read_prompt
-from orch.state import PROMPT
+from orch.plan import PartitionState
+from orch.state import PROMPT, read_prompt
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from orch.errors import StageBlocked
-from orch.expect import META_DIR, Finding, check_outputs
+from orch.expect import Finding, check_outputs
 from orch.partitions import Partition
 from orch.project import AgentConfig, Stage
 from orch.state import (
-    PROMPT,
     STAGING_NAME,
     Manifest,
     is_locked,
@@ -27,6 +26,7 @@ from orch.state import (
     never_started,
     read_error,
     read_manifest,
+    read_prompt,
     staging_dir,
 )
 from orch.workspace import ChildKey, Fingerprint, Workspace
@@ -84,12 +84,21 @@ class Planner:
         agent_override: Agent name replacing every stage's agent (`--agent`).
         deep: Re-check output contents in full (barrier); otherwise trust
             promoted files whose size and mtime are unchanged.
+        lines: Name the changed prompt lines of stale partitions (reads each
+            one's `.orch/prompt.md`); off for counts-only views (`orch status`).
     """
 
-    def __init__(self, workspace: Workspace, agent_override: str | None = None, deep: bool = False) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        agent_override: str | None = None,
+        deep: bool = False,
+        lines: bool = True,
+    ) -> None:
         self.ws = workspace
         self.agent_override = agent_override
         self.deep = deep
+        self.lines = lines
         self._states: dict[str, dict[str, PartitionState]] = {}
         self._listings: dict[str, dict[str, list[str]]] = {}
         self._attempted: dict[str, set[str]] = {}
@@ -183,7 +192,9 @@ class Planner:
                         fingerprint,
                         partition,
                         stage,
-                        read_prompt(out_dir) if manifest.parts.get("prompt") != fingerprint.prompt else None,
+                        read_prompt(out_dir)
+                        if self.lines and manifest.parts.get("prompt") != fingerprint.prompt
+                        else None,
                         prompt,
                     ),
                     manifest,
@@ -320,16 +331,16 @@ def stale_reason(
         where = prompt_change(old_prompt, new_prompt)
         if old.get("row") != now["row"]:
             source = partition.source.split(":", 1)[0]
-            keys = changed_keys(old.get("row_keys"), now.get("row_keys"))
+            keys = changed_keys(old.get("row_keys"), fp.keys().get("row_keys"))
             return f"stale: {source} row changed" + (f" (field {_first(keys)})" if keys else "")
         if old.get("vars") != now["vars"]:
-            keys = changed_keys(old.get("vars_keys"), now.get("vars_keys"))
+            keys = changed_keys(old.get("vars_keys"), fp.keys().get("vars_keys"))
             return f"stale: vars changed (orch.yaml{': ' + _first(keys) if keys else ''})"
         if old.get("blueprint") != now["blueprint"]:
             return f"stale: prompt changed{where} (blueprint {stage.blueprint})"
         return f"stale: prompt changed{where}"
     if old.get("agent") != fp.agent:
-        keys = changed_keys(old.get("agent_keys"), fp.explain().get("agent_keys"))
+        keys = changed_keys(old.get("agent_keys"), fp.keys().get("agent_keys"))
         return "stale: agent settings changed" + (f" ({_first(keys)})" if keys else "")
     if old.get("expect") != fp.expect:
         return "stale: expect rules changed"
@@ -373,14 +384,6 @@ def prompt_change(old: str | None, new: str | None) -> str:
     last = min(max(last, first), max(len(new_lines), 1))
     where = f"line {first}" if first == last else f"lines {first}-{last}"
     return f" at {where}{blank}"
-
-
-def read_prompt(out_dir: Path | str) -> str | None:
-    """Return the prompt that produced a partition (`.orch/prompt.md`), or None."""
-    try:
-        return Path(out_dir, META_DIR, PROMPT).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def _first(names: list[str], limit: int = 3) -> str:

@@ -129,6 +129,14 @@ def read_manifest(directory: Path | str) -> Manifest | None:
         return None
 
 
+def read_prompt(directory: Path | str) -> str | None:
+    """Return the prompt that produced a partition (`.orch/prompt.md`), or None if unreadable."""
+    try:
+        return _read_bytes(f"{directory}/{META_DIR}/{PROMPT}").decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _read_bytes(path: str) -> bytes:
     """Read a small file with raw syscalls (half the cost of open() at 10k files)."""
     fd = os.open(path, os.O_RDONLY)

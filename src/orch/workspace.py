@@ -42,7 +42,9 @@ class Fingerprint:
 
     `value` covers prompt, agent, expect and inputs. The row, vars and
     blueprint hashes only explain a changed prompt, so they are computed on
-    demand (`explain`), not for every partition `orch status` looks at.
+    demand (`explain`), not for every partition `orch status` looks at; the
+    per-key hashes (`keys`: row fields, vars, agent settings) only name the
+    changed key, so they are computed only for that.
     """
 
     value: str
@@ -51,15 +53,17 @@ class Fingerprint:
     expect: str
     inputs: Mapping[str, str]
     explain: Callable[[], dict[str, Any]]
+    keys: Callable[[], dict[str, Any]] = dict
 
     def parts(self) -> dict[str, Any]:
-        """Return the parts as stored in the manifest (with row/vars/blueprint)."""
+        """Return the parts as stored in the manifest (with row/vars/blueprint and per-key hashes)."""
         return {
             "prompt": self.prompt,
             "agent": self.agent,
             "expect": self.expect,
             "inputs": dict(self.inputs),
             **self.explain(),
+            **self.keys(),
         }
 
 
@@ -122,6 +126,7 @@ class Workspace:
         self.schemas = SchemaStore(project.root)
         self._blueprints: dict[str, Blueprint] = {}
         self._hashes: dict[Any, str] = {}
+        self._key_hashes: dict[Any, dict[str, str]] = {}
 
     def blueprint(self, stage: Stage) -> Blueprint:
         """Return the stage's parsed blueprint (read once per workspace)."""
@@ -208,20 +213,28 @@ class Workspace:
         value = digest("\0".join(parts))
 
         def explain() -> dict[str, Any]:
-            merged = {**self.project.vars, **stage.vars}
             return {
                 "row": digest(dict(partition.row)),
-                "vars": self._cached(("vars", stage.name), lambda: digest(merged)),
+                "vars": self._cached(
+                    ("vars", stage.name), lambda: digest({**self.project.vars, **stage.vars})
+                ),
                 "blueprint": self._cached(
                     ("blueprint", stage.name), lambda: digest(self.blueprint(stage).digest_source)
                 ),
-                # per-key hashes name the changed key; not part of `value`
-                "row_keys": key_digests(partition.row),
-                "vars_keys": key_digests(merged),
-                "agent_keys": key_digests(fingerprint_settings(agent)),
             }
 
-        return Fingerprint(value, prompt_hash, agent_hash, expect_hash, inputs, explain)
+        def keys() -> dict[str, Any]:
+            return {
+                "row_keys": key_digests(partition.row),
+                "vars_keys": self._keyed(
+                    ("vars_keys", stage.name), lambda: key_digests({**self.project.vars, **stage.vars})
+                ),
+                "agent_keys": self._keyed(
+                    ("agent_keys", agent.name), lambda: key_digests(fingerprint_settings(agent))
+                ),
+            }
+
+        return Fingerprint(value, prompt_hash, agent_hash, expect_hash, inputs, explain, keys)
 
     def _expect_digest(self, stage: Stage) -> str:
         rules = [asdict(rule) for rule in stage.expect]
@@ -229,6 +242,12 @@ class Workspace:
             rule.schema: digest(self.schemas.schema(rule.schema)) for rule in stage.expect if rule.schema
         }
         return digest({"rules": rules, "schemas": schemas})
+
+    def _keyed(self, key: Any, compute: Callable[[], dict[str, str]]) -> dict[str, str]:
+        """Per-key hashes computed once per workspace (a copy: callers may keep it)."""
+        if key not in self._key_hashes:
+            self._key_hashes[key] = compute()
+        return dict(self._key_hashes[key])
 
     def _cached(self, key: Any, compute: Any) -> str:
         if key not in self._hashes:

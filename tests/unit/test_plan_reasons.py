@@ -35,7 +35,8 @@ def fingerprint(
     **explain: str,
 ) -> Fingerprint:
     """A fingerprint from named parts; `explain` overrides row/vars/blueprint hashes."""
-    parts = {**EXPLAIN, **explain}
+    parts = {**EXPLAIN, **{k: v for k, v in explain.items() if not k.endswith("_keys")}}
+    keys = {k: v for k, v in explain.items() if k.endswith("_keys")}
     return Fingerprint(
         value=digest([prompt, agent, expect, inputs, parts]),
         prompt=digest(prompt),
@@ -43,6 +44,7 @@ def fingerprint(
         expect=digest(expect),
         inputs=MappingProxyType(dict(INPUTS if inputs is None else inputs)),
         explain=lambda: dict(parts),
+        keys=lambda: dict(keys),
     )
 
 
@@ -130,7 +132,8 @@ def test_prompt_changed_for_another_reason():
 
 
 def test_agent_settings_changed():
-    assert reason(fingerprint(agent="agent v2")) == "stale: agent settings changed"
+    fp = replace(fingerprint(agent="agent v2"), explain=not_called)
+    assert reason(fp) == "stale: agent settings changed"
 
 
 def test_agent_settings_change_names_the_key():
