@@ -26,6 +26,7 @@ from orch.state import (
     never_started,
     read_error,
     read_manifest,
+    read_prompt,
     staging_dir,
 )
 from orch.workspace import ChildKey, Fingerprint, Workspace
@@ -49,7 +50,7 @@ class PartitionState:
     Attributes:
         partition: The partition.
         status: Its status.
-        reason: One line: "missing", "failed in attempt 3: timeout after 20m",
+        reason: One line: "missing", "failed: timeout after 20m (attempt #3)",
             "stale: prompt changed (blueprint agents/02.deep_researcher.md)", ...
         manifest: Its manifest if the directory holds a valid one.
         fingerprint: The current fingerprint; None while inputs are not complete.
@@ -120,15 +121,24 @@ class Planner:
             None falls back to `$ORCH_AGENT` (see `choose_agent_override`).
         deep: Re-check output contents in full (barrier); otherwise trust
             promoted files whose size and mtime are unchanged.
+        lines: Name the changed prompt lines of stale partitions (reads each
+            one's `.orch/prompt.md`); off for counts-only views (`orch status`).
 
     Raises:
         UsageError: the override names no agent of orch.yaml.
     """
 
-    def __init__(self, workspace: Workspace, agent_override: str | None = None, deep: bool = False) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        agent_override: str | None = None,
+        deep: bool = False,
+        lines: bool = True,
+    ) -> None:
         self.ws = workspace
         self.agent_override = choose_agent_override(workspace.project, agent_override)
         self.deep = deep
+        self.lines = lines
         self._states: dict[str, dict[str, PartitionState]] = {}
         self._listings: dict[str, dict[str, list[str]]] = {}
         self._attempted: dict[str, set[str]] = {}
@@ -229,7 +239,7 @@ class Planner:
             return PartitionState(
                 partition,
                 Status.FAILED,
-                f"failed in attempt {error.get('n', '?')}: {error.get('error', 'unknown error')}",
+                f"failed: {error.get('error', 'unknown error')} (attempt #{error.get('n', '?')})",
                 None,
                 fingerprint,
                 prompt,
@@ -265,7 +275,13 @@ class Planner:
                 compare = self.ws.fingerprint(partition, prompt, maker, manifests)
         findings: tuple[Finding, ...] = ()
         if manifest.fingerprint != compare.value:
-            reason = stale_reason(manifest, compare, partition, stage)
+            out_dir = f"{self.ws.root}/{partition.out_dir}"
+            old_prompt = (
+                read_prompt(out_dir)
+                if self.lines and manifest.parts.get("prompt") != compare.prompt
+                else None
+            )
+            reason = stale_reason(manifest, compare, partition, stage, old_prompt, prompt)
             status = Status.STALE
         else:
             found = check_outputs(
@@ -369,8 +385,21 @@ class Planner:
         return None
 
 
-def stale_reason(manifest: Manifest, fp: Fingerprint, partition: Partition, stage: Stage) -> str:
-    """Explain which input of the fingerprint changed, most specific first."""
+def stale_reason(
+    manifest: Manifest,
+    fp: Fingerprint,
+    partition: Partition,
+    stage: Stage,
+    old_prompt: str | None = None,
+    new_prompt: str | None = None,
+) -> str:
+    """Explain which input of the fingerprint changed, most specific first.
+
+    Names the changed children, row fields, var or agent keys (manifests
+    written before per-key hashes were stored name none), and the first
+    changed prompt lines when both prompts are given (`old_prompt`: the
+    partition's `.orch/prompt.md`).
+    """
     old = manifest.parts
     if old.get("inputs") != dict(fp.inputs):
         before = old.get("inputs") or {}
@@ -378,23 +407,70 @@ def stale_reason(manifest: Manifest, fp: Fingerprint, partition: Partition, stag
         changed += [k.split("/", 1)[1] for k in before if k not in fp.inputs]
         if changed:
             label = "child" if len(changed) == 1 else "children"
-            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-            return f"stale: {label} {shown} changed"
+            return f"stale: {label} {_first(changed)} changed"
     if old.get("prompt") != fp.prompt:
         now = fp.explain()
+        where = prompt_change(old_prompt, new_prompt)
         if old.get("row") != now["row"]:
             source = partition.source.split(":", 1)[0]
-            return f"stale: {source} row changed"
+            keys = changed_keys(old.get("row_keys"), fp.keys().get("row_keys"))
+            return f"stale: {source} row changed" + (f" (field {_first(keys)})" if keys else "")
         if old.get("vars") != now["vars"]:
-            return "stale: vars changed (orch.yaml)"
+            keys = changed_keys(old.get("vars_keys"), fp.keys().get("vars_keys"))
+            return f"stale: vars changed (orch.yaml{': ' + _first(keys) if keys else ''})"
         if old.get("blueprint") != now["blueprint"]:
-            return f"stale: prompt changed (blueprint {stage.blueprint})"
-        return "stale: prompt changed"
+            return f"stale: prompt changed{where} (blueprint {stage.blueprint})"
+        return f"stale: prompt changed{where}"
     if old.get("agent") != fp.agent:
-        return "stale: agent settings changed"
+        keys = changed_keys(old.get("agent_keys"), fp.keys().get("agent_keys"))
+        return "stale: agent settings changed" + (f" ({_first(keys)})" if keys else "")
     if old.get("expect") != fp.expect:
         return "stale: expect rules changed"
     return "stale: fingerprint changed"
+
+
+def changed_keys(before: Any, now: Any) -> list[str]:
+    """Keys whose value hash differs between two `key -> hash` maps (added and removed too).
+
+    Returns [] when either map is absent (a manifest from before per-key hashes).
+    """
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return []
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
+def prompt_change(old: str | None, new: str | None) -> str:
+    """Describe where `new` differs from `old`: " at line 3", " at lines 3-9, whitespace only".
+
+    Lines are 1-based lines of the new prompt, from the first to the last that
+    differ (two linear scans: `orch status` may explain thousands of stale
+    partitions; a full diff is `orch plan --diff`). "" when either prompt is
+    unknown or they are equal.
+    """
+    if old is None or new is None or old == new:
+        return ""
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    first = next(
+        (i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=False)) if a != b),
+        min(len(old_lines), len(new_lines)),
+    )
+    tail = next(
+        (i for i, (a, b) in enumerate(zip(reversed(old_lines), reversed(new_lines), strict=False)) if a != b),
+        min(len(old_lines), len(new_lines)),
+    )
+    keep = min(tail, len(old_lines) - first, len(new_lines) - first)  # common tail after `first`
+    window = (old_lines[first : len(old_lines) - keep], new_lines[first : len(new_lines) - keep])
+    blank = ", whitespace only" if " ".join(window[0]).split() == " ".join(window[1]).split() else ""
+    last = max(len(new_lines) - tail, first + 1)
+    first = min(first + 1, max(len(new_lines), 1))  # only the final newline differs: the last line
+    last = min(max(last, first), max(len(new_lines), 1))
+    where = f"line {first}" if first == last else f"lines {first}-{last}"
+    return f" at {where}{blank}"
+
+
+def _first(names: list[str], limit: int = 3) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def upstream_blockers(planner: Planner, stage: Stage, only: Iterable[str] | None = None) -> None:

@@ -505,10 +505,29 @@ class Scheduler:
         if self.options.retry_failed:
             if state.status is Status.FAILED:
                 return True, state.reason
+            failed = self._failed_since_promoted(state)
+            if failed:
+                return True, failed
             return False, f"not failed ({state.reason}); --retry-failed runs failed ones only"
         if state.is_complete:
             return False, "complete"
         return True, state.reason
+
+    def _failed_since_promoted(self, state: PartitionState) -> str:
+        """The error of a failed attempt newer than the partition's outputs ("" if none).
+
+        A forced rerun, or one with another agent, that failed leaves the old
+        outputs in place: `--retry-failed` must still retry it.
+        """
+        if state.manifest is None:
+            return ""
+        error = self.planner.last_error(state.partition)
+        if error is None or error.get("outcome") != "failed":
+            return ""
+        number = error.get("n")
+        if not isinstance(number, int) or number <= state.manifest.attempt:
+            return ""
+        return f"its last attempt (#{number}) failed: {error.get('error')}"
 
     def _clean_dead_staging(self, partition: Partition) -> set[int]:
         """Archive staging directories left by a dead run (we hold the lock).
@@ -587,7 +606,7 @@ class Scheduler:
                     )
                 number = staging_number(prepared) if prepared else number + 1
                 started = time.time()
-                result, staging, outputs = await self._run_attempt(
+                result, staging, outputs, agent_started = await self._run_attempt(
                     partition, stage, agent, state, number, why if index == 0 else "retry", prepared
                 )
                 number = staging_number(staging)
@@ -601,8 +620,7 @@ class Scheduler:
                     self._failed_count += 1
                     self._check_halt()
             usage_total = _add_usage(usage_total, result.usage)
-            record = _attempt_record(number, started, result)
-            record["agent"] = agent.name  # a later plan tells an override's failure apart
+            record = _attempt_record(number, started, result, agent_started, agent.name)
             if staging in self._traces:
                 record["traceback"] = self._traces.pop(staging)
             history.append(record)
@@ -690,12 +708,13 @@ class Scheduler:
         number: int,
         why: str,
         staging: Path | None = None,
-    ) -> tuple[AttemptResult, Path, list[OutputFile]]:
+    ) -> tuple[AttemptResult, Path, list[OutputFile], float | None]:
         """Run attempt `number` in `staging` (created now if not prepared) and check its outputs.
 
         Returns:
             The result (failed by the expect rules if they fail), the staging
-            directory, and the outputs for the manifest (empty unless passing).
+            directory, the outputs for the manifest (empty unless passing), and
+            the Unix time the agent started (None if it never did).
         """
         out_dir = self.ws.root / partition.out_dir
         if staging is None:
@@ -717,7 +736,10 @@ class Scheduler:
             retry_after_cap_s=stage.backoff_cap_s,
         )
 
+        agent_started: list[float] = []
+
         def started() -> None:
+            agent_started.append(time.time())
             self.log.emit(
                 "started",
                 stage=stage.name,
@@ -763,6 +785,7 @@ class Scheduler:
                     AttemptResult(False, error, error_class_of(err), result.exit_code, result.usage),
                     staging,
                     [],
+                    agent_started[0] if agent_started else None,
                 )
             if findings:
                 shown = "; ".join(str(f) for f in findings[:3])
@@ -770,7 +793,7 @@ class Scheduler:
                 result = AttemptResult(
                     False, f"output checks failed: {shown}{more}", "checks", result.exit_code, result.usage
                 )
-        return result, staging, outputs
+        return result, staging, outputs, (agent_started[0] if agent_started else None)
 
     async def _archive(
         self, stage: Stage, partition: Partition, staging: Path, record: dict[str, Any]
@@ -832,7 +855,8 @@ class Scheduler:
         usage: Usage | None,
     ) -> Outcome:
         last = history[-1]
-        reason = f"failed in attempt {last['n']}: {last['error']}"
+        tries = f"all {len(history)} attempts" if len(history) > 1 else "its attempt"
+        reason = f"failed {tries} this run (last: attempt #{last['n']}): {last['error']}"
         where = archive.relative_to(self.ws.root) if archive else "(not archived: see the events)"
         log = f"{where}/{META_DIR}/{AGENT_LOG}" if archive else where
         self.log.emit(
@@ -1064,14 +1088,25 @@ def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
     return total + more if more else total
 
 
-def _attempt_record(number: int, started: float, result: AttemptResult) -> dict[str, Any]:
-    """The attempt's entry in manifests and error.json (times in Unix seconds)."""
+def _attempt_record(
+    number: int, started: float, result: AttemptResult, agent_started: float | None = None, agent: str = ""
+) -> dict[str, Any]:
+    """The attempt's entry in manifests and error.json (times in Unix seconds).
+
+    `duration_s` is the agent's own time, from its start (`agent_started`) to
+    the end of the attempt; `queued_s` is the time from taking the slot to the
+    agent's start (its agent's own limit, rate limits). `agent` names the agent
+    for cost totals (orch.costs).
+    """
     ended = time.time()
+    began = agent_started if agent_started is not None else started
     return {
         "n": number,
+        "agent": agent,
         "started_at": round(started, 3),
         "ended_at": round(ended, 3),
-        "duration_s": round(ended - started, 3),
+        "duration_s": round(ended - began, 3),
+        "queued_s": round(max(0.0, began - started), 3),
         "outcome": "complete" if result.ok else "failed",
         "error": result.error,
         "error_class": result.error_class,

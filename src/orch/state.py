@@ -81,6 +81,8 @@ class Manifest:
         run_id: The run that promoted it.
         started_at: Unix time the successful attempt started (seconds).
         finished_at: Unix time it was promoted (seconds).
+        accepted: Each `orch accept` that re-recorded the fingerprint without a
+            run: `{at, run_id, from_fingerprint, reason}` (absent if none).
     """
 
     stage: str
@@ -98,6 +100,7 @@ class Manifest:
     finished_at: float = 0.0
     status: str = "complete"
     version: int = MANIFEST_VERSION
+    accepted: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -113,6 +116,8 @@ class Manifest:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["outputs"] = [vars(o) for o in self.outputs]
         data["duration_s"] = self.duration_s
+        if not self.accepted:  # manifests never accepted keep their layout
+            del data["accepted"]
         option = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
         try:
             return orjson.dumps(data, option=option).decode() + "\n"
@@ -134,6 +139,14 @@ def read_manifest(directory: Path | str) -> Manifest | None:
         data["outputs"] = [OutputFile(**o) for o in data["outputs"]]
         return Manifest(**data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, orjson.JSONDecodeError):
+        return None
+
+
+def read_prompt(directory: Path | str) -> str | None:
+    """Return the prompt that produced a partition (`.orch/prompt.md`), or None if unreadable."""
+    try:
+        return _read_bytes(f"{directory}/{META_DIR}/{PROMPT}").decode("utf-8")
+    except (OSError, UnicodeDecodeError):
         return None
 
 

@@ -33,13 +33,20 @@ def digest(value: Any) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+def key_digests(mapping: Mapping[str, Any]) -> dict[str, str]:
+    """Return `key -> digest(value)`: what a manifest keeps to name a changed key."""
+    return {str(k): digest(v) for k, v in mapping.items()}
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """A partition's fingerprint and the hashes it was made of.
 
     `value` covers prompt, agent, expect and inputs. The row, vars and
     blueprint hashes only explain a changed prompt, so they are computed on
-    demand (`explain`), not for every partition `orch status` looks at.
+    demand (`explain`), not for every partition `orch status` looks at; the
+    per-key hashes (`keys`: row fields, vars, agent settings) only name the
+    changed key, so they are computed only for that.
     """
 
     value: str
@@ -47,16 +54,18 @@ class Fingerprint:
     agent: str
     expect: str
     inputs: Mapping[str, str]
-    explain: Callable[[], dict[str, str]]
+    explain: Callable[[], dict[str, Any]]
+    keys: Callable[[], dict[str, Any]] = dict
 
     def parts(self) -> dict[str, Any]:
-        """Return the parts as stored in the manifest (with row/vars/blueprint)."""
+        """Return the parts as stored in the manifest (with row/vars/blueprint and per-key hashes)."""
         return {
             "prompt": self.prompt,
             "agent": self.agent,
             "expect": self.expect,
             "inputs": dict(self.inputs),
             **self.explain(),
+            **self.keys(),
         }
 
 
@@ -143,6 +152,7 @@ class Workspace:
         self.schemas = SchemaStore(project.root)
         self._blueprints: dict[str, Blueprint] = {}
         self._hashes: dict[Any, str] = {}
+        self._key_hashes: dict[Any, dict[str, str]] = {}
 
     def check(self) -> None:
         """Run the load-time checks every command that plans or runs shares.
@@ -246,7 +256,7 @@ class Workspace:
             parts += [f"{k}={v}" for k, v in sorted(inputs.items())]
         value = digest("\0".join(parts))
 
-        def explain() -> dict[str, str]:
+        def explain() -> dict[str, Any]:
             return {
                 "row": digest(dict(partition.row)),
                 "vars": self._cached(
@@ -257,7 +267,18 @@ class Workspace:
                 ),
             }
 
-        return Fingerprint(value, prompt_hash, agent_hash, expect_hash, inputs, explain)
+        def keys() -> dict[str, Any]:
+            return {
+                "row_keys": key_digests(partition.row),
+                "vars_keys": self._keyed(
+                    ("vars_keys", stage.name), lambda: key_digests({**self.project.vars, **stage.vars})
+                ),
+                "agent_keys": self._keyed(
+                    ("agent_keys", agent.name), lambda: key_digests(fingerprint_settings(agent))
+                ),
+            }
+
+        return Fingerprint(value, prompt_hash, agent_hash, expect_hash, inputs, explain, keys)
 
     def _expect_digest(self, stage: Stage) -> str:
         rules = [asdict(rule) for rule in stage.expect]
@@ -265,6 +286,12 @@ class Workspace:
             rule.schema: digest(self.schemas.schema(rule.schema)) for rule in stage.expect if rule.schema
         }
         return digest({"rules": rules, "schemas": schemas})
+
+    def _keyed(self, key: Any, compute: Callable[[], dict[str, str]]) -> dict[str, str]:
+        """Per-key hashes computed once per workspace (a copy: callers may keep it)."""
+        if key not in self._key_hashes:
+            self._key_hashes[key] = compute()
+        return dict(self._key_hashes[key])
 
     def _cached(self, key: Any, compute: Any) -> str:
         if key not in self._hashes:

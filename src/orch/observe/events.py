@@ -46,6 +46,7 @@ class EventName(StrEnum):
     STAGE_FINISHED = "stage_finished"
     BARRIER = "barrier"
     RUN_FINISHED = "run_finished"
+    ACCEPTED = "accepted"
 
 
 _NAMES = {e.value: e for e in EventName}
