@@ -155,7 +155,7 @@ def stage_list(ctx: Context) -> None:
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `orch stage run` and `orch run`."""
     options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
-        click.option("--only", metavar="ID,...", help="Run only these partition ids."),
+        click.option("--only", metavar="ID,...", help="Run only these partition ids or globs (e.g. '1.*')."),
         click.option("--retry-failed", is_flag=True, help="Run only partitions whose last attempt failed."),
         click.option(
             "--force", is_flag=True, help="Run every partition; old outputs are kept in wip/attempts/."
@@ -374,9 +374,10 @@ def barrier(ctx: Context, stage_name: str) -> None:
 @cli.command()
 @click.argument("stage_name", metavar="STAGE")
 @click.argument("partition_id", metavar="PARTITION")
+@click.option("--all", "all_attempts", is_flag=True, help="Show every archived attempt, not just the newest.")
 @json_option
 @pass_ctx
-def show(ctx: Context, stage_name: str, partition_id: str) -> None:
+def show(ctx: Context, stage_name: str, partition_id: str, all_attempts: bool) -> None:
     """Everything about one partition: paths, prompt, manifest, attempts, errors."""
     from orch.commands import show_partition
     from orch.views import print_json
@@ -387,7 +388,7 @@ def show(ctx: Context, stage_name: str, partition_id: str) -> None:
         return
     from orch.commands import format_show
 
-    ctx.out.file.write(format_show(data))
+    ctx.out.file.write(format_show(data, all_attempts))
 
 
 # -- blueprints ---------------------------------------------------------------------
@@ -431,6 +432,60 @@ def blueprint_check(ctx: Context, file: Path | None) -> None:
         for line in report.lines():
             ctx.out.print(line, highlight=False, markup=False, soft_wrap=True)
     report.raise_for_errors()
+
+
+# -- project hygiene ----------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("directory", metavar="[DIR]", default=".", type=click.Path(path_type=Path))
+@json_option
+@pass_ctx
+def init(ctx: Context, directory: Path) -> None:
+    """Start a new project in DIR (default: here) that runs at once, offline."""
+    from orch.scaffold import init_project
+    from orch.views import print_json
+
+    report = init_project(directory)
+    if ctx.json:
+        print_json(ctx.out, {"root": str(report.root), "written": report.written, "kept": report.kept})
+        return
+    for rel in report.written:
+        ctx.out.print(f"wrote {directory / rel}", markup=False)
+    for rel in report.kept:
+        ctx.out.print(f"kept  {directory / rel} (already there)", markup=False)
+    where = "" if directory == Path(".") else f"cd {directory} && "
+    ctx.out.print(f"next: {where}orch run", markup=False)
+
+
+@cli.command()
+@click.option("--older-than", metavar="AGE", help="Remove what is older than AGE (e.g. 12h, 7d, 2w).")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Keep the N newest attempts per partition, and N newest runs.",
+)
+@click.option("--dry-run", is_flag=True, help="List what would go and the bytes freed; remove nothing.")
+@json_option
+@pass_ctx
+def clean(ctx: Context, older_than: str | None, keep: int | None, dry_run: bool) -> None:
+    """Prune wip/attempts and wip/runs by age or count; never touches data/."""
+    from orch.clean import clean as clean_wip
+    from orch.clean import parse_age
+    from orch.project import find_root
+    from orch.views import print_json, print_table
+
+    age_s = parse_age(older_than) if older_than is not None else None
+    report = clean_wip(find_root(explicit=ctx.project), age_s, keep, dry_run)
+    if ctx.json:
+        print_json(ctx.out, report.to_json())
+        return
+    if report.removals:
+        print_table(ctx.out, None, ["kind", "path", "size", "age"], report.rows())
+    for line in report.skipped:
+        ctx.out.print(f"kept {line}", markup=False)
+    ctx.out.print(report.headline(), markup=False)
 
 
 # -- entry point --------------------------------------------------------------------

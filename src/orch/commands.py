@@ -6,6 +6,8 @@ maps to exit codes.
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,11 +70,12 @@ def plan_stages(
         ws.project.agent(agent)
     planner = Planner(ws, agent)
     names = [ws.project.stage(stage).name] if stage else list(ws.project.stages)
+    selected = set(select_only(ws, names, only)) if only else None
     result = []
     for name in names:
         states = planner.stage_states(name)
-        if only:
-            states = [s for s in states if s.partition.id in set(only)]
+        if selected is not None:
+            states = [s for s in states if s.partition.id in selected]
         result.append((name, states))
     return result
 
@@ -290,7 +293,7 @@ def run_stages(
         ws.project.agent(agent)
     planner = Planner(ws, agent)
     if only:
-        _check_only(ws, names, only)
+        only = select_only(ws, names, only)
     in_run = set(names)
     for name in names:
         stage = ws.project.stage(name)
@@ -360,14 +363,27 @@ def _descendants(ws: Workspace, name: str) -> set[str]:
     return found
 
 
-def _check_only(ws: Workspace, names: list[str], only: list[str]) -> None:
-    known = {p.id for n in names for p in ws.partitions.for_stage(n)}
-    for pid in only:
-        if pid not in known:
+def select_only(ws: Workspace, names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """Expand `--only` ids and globs (fnmatch: `1.*`, `*_targets`) into partition ids.
+
+    An exact id is taken as is, even if it holds glob characters. Returns the
+    matched ids of `names`' partitions, sorted, without duplicates.
+
+    Raises:
+        UsageError: an id or glob that matches no partition, with a did-you-mean.
+    """
+    known = sorted({p.id for n in names for p in ws.partitions.for_stage(n)})
+    selected: set[str] = set()
+    for pattern in patterns:
+        matched = [pattern] if pattern in known else fnmatch.filter(known, pattern)
+        if not matched:
+            kind = "partition" if pattern == glob.escape(pattern) else "partition matches"
             raise UsageError(
-                f"--only: no partition '{pid}' in stage(s) {', '.join(names)}{did_you_mean(pid, known)}",
+                f"--only: no {kind} '{pattern}' in stage(s) {', '.join(names)}{did_you_mean(pattern, known)}",
                 f"list partitions with: orch plan {names[0]}",
             )
+        selected.update(matched)
+    return sorted(selected)
 
 
 def show_partition(ws: Workspace, stage: str, partition_id: str) -> dict[str, Any]:
@@ -438,8 +454,16 @@ def _tail(path: Path, lines: int = 10) -> list[str]:
     return text.splitlines()[-lines:]
 
 
-def format_show(data: dict[str, Any]) -> str:
-    """Return `orch show` as text: status, paths, attempts with log tails, prompt head."""
+#: How many archived attempts `orch show` prints without `--all` (the newest).
+SHOW_ATTEMPTS = 3
+
+
+def format_show(data: dict[str, Any], all_attempts: bool = False) -> str:
+    """Return `orch show` as text: status, paths, attempts with log tails, prompt head.
+
+    Only the newest `SHOW_ATTEMPTS` archived attempts are shown unless
+    `all_attempts`; a line says how many were hidden and how to see them.
+    """
     out = [
         f"{data['stage']} / {data['partition']}: {data['status']} — {data['reason']}",
         f"  source     {data['source']}",
@@ -462,8 +486,15 @@ def format_show(data: dict[str, Any]) -> str:
             f"in {manifest['duration_s']}s (run {manifest['run_id']}); usage: {usage}"
         )
     if data["attempts"]:
+        shown = data["attempts"] if all_attempts else data["attempts"][-SHOW_ATTEMPTS:]
+        hidden = len(data["attempts"]) - len(shown)
         out.append("attempts kept in wip/attempts:")
-        for attempt in data["attempts"]:
+        if hidden:
+            out.append(
+                f"  ({hidden} older attempt(s) hidden; all of them: "
+                f"orch show {data['stage']} {data['partition']} --all)"
+            )
+        for attempt in shown:
             out.append(
                 f"  #{attempt['n']} {attempt['outcome']}: {attempt['error'] or '-'}  ({attempt['path']})"
             )

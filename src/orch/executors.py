@@ -120,7 +120,8 @@ class LocalExecutor:
                 result = await asyncio.wait_for(backend.run(spec), spec.timeout_s)
             else:
                 result = await backend.run(spec)
-            limiter.record(ticket, result.ok, result.error_class, result.retry_after_s)
+            cap_s = spec.retry_after_cap_s
+            limiter.record(ticket, result.ok, result.error_class, result.retry_after_s, cap_s)
         return result
 
     async def aclose(self) -> None:

@@ -500,7 +500,7 @@ def _load_stage(name: str, node: _Node, agents: Mapping[str, AgentConfig]) -> St
         retry_on=_load_retry_on(node.child("retry_on")),
         backoff_base_s=2.0 if base_s is None else base_s,
         backoff_cap_s=60.0 if cap_s is None else cap_s,
-        timeout_s=_positive_duration(node.child("timeout")),
+        timeout_s=_stage_timeout(node),
         max_cost_usd=node.child("max_cost_usd").positive_float(optional=True),
         vars=stage_vars,
         line=node.line,
@@ -508,11 +508,28 @@ def _load_stage(name: str, node: _Node, agents: Mapping[str, AgentConfig]) -> St
     )
 
 
+#: Every attempt's time limit unless its stage sets `timeout` (or `timeout: none`):
+#: long enough for a large agentic task, short enough that a hung agent or a
+#: trickling endpoint cannot hold a run for ever.
+DEFAULT_TIMEOUT_S = 3600.0
+
+
+def _stage_timeout(stage: _Node) -> float | None:
+    """A stage's `timeout`: DEFAULT_TIMEOUT_S when absent, None for `none` (or null)."""
+    node = stage.child("timeout")
+    if isinstance(stage.value, dict) and "timeout" in stage.value and node.value is None:
+        return None
+    if isinstance(node.value, str) and node.value.strip().lower() == "none":
+        return None
+    seconds = _positive_duration(node)
+    return DEFAULT_TIMEOUT_S if seconds is None else seconds
+
+
 def _positive_duration(node: _Node) -> float | None:
     seconds = node.duration()
     if seconds is not None and seconds <= 0:
         raise ConfigError(
-            f"{node.where} expected a duration > 0, got {node.value!r}", "omit the key for no timeout"
+            f"{node.where} expected a duration > 0, got {node.value!r}", "timeout: none for no time limit"
         )
     return seconds
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -44,7 +45,9 @@ INCREASE_AFTER = 10
 #: Cool-down after an overload without Retry-After: base, doubled per repeat, capped.
 COOLDOWN_BASE_S = 1.0
 COOLDOWN_CAP_S = 30.0
-#: Longest cool-down honoured from a Retry-After header (guards against nonsense values).
+#: Longest cool-down honoured from a Retry-After header when the caller gives
+#: no cap (the scheduler passes the stage's `backoff.cap`); NaN, infinities
+#: and garbage count as no header at all.
 RETRY_AFTER_CAP_S = 3600.0
 #: Jitter added to each gate wait: uniform(0, min(JITTER_CAP_S, JITTER_SHARE * wait)).
 JITTER_SHARE = 0.1
@@ -222,31 +225,48 @@ class AgentLimiter:
         self.overloads = 0
         self.concurrency.on_success()
 
-    def record_overload(self, ticket: Ticket, retry_after_s: float | None) -> float:
+    def record_overload(
+        self, ticket: Ticket, retry_after_s: float | None, cap_s: float | None = None
+    ) -> float:
         """The server refused for load: halve concurrency, close the gate; return the cool-down (s).
 
         Args:
             ticket: The overloaded attempt's ticket.
             retry_after_s: The server's Retry-After, or None (then 1 s doubling
-                per consecutive overload window, up to 30 s).
+                per consecutive overload window, up to 30 s). Not a finite
+                number counts as None; negative counts as 0.
+            cap_s: Longest cool-down (the stage's `backoff.cap`); at most
+                `RETRY_AFTER_CAP_S` whatever is passed.
         """
         if self.concurrency.on_overload(ticket.epoch):
             self.overloads += 1
+        if retry_after_s is not None and not math.isfinite(retry_after_s):
+            retry_after_s = None
+        limit_s = RETRY_AFTER_CAP_S
+        if cap_s is not None and math.isfinite(cap_s):
+            limit_s = min(max(cap_s, 0.0), RETRY_AFTER_CAP_S)
         if retry_after_s is not None:
-            cooldown_s = min(max(retry_after_s, 0.0), RETRY_AFTER_CAP_S)
+            cooldown_s = min(max(retry_after_s, 0.0), limit_s)
         else:
             cooldown_s = min(COOLDOWN_CAP_S, COOLDOWN_BASE_S * 2 ** max(self.overloads - 1, 0))
         self.resume_at = max(self.resume_at, self._clock() + cooldown_s)
         return cooldown_s
 
-    def record(self, ticket: Ticket, ok: bool, error_class: str | None, retry_after_s: float | None) -> None:
+    def record(
+        self,
+        ticket: Ticket,
+        ok: bool,
+        error_class: str | None,
+        retry_after_s: float | None,
+        cap_s: float | None = None,
+    ) -> None:
         """Update the limiter from one attempt's result.
 
         Success grows the limit; `http_429`, and `http_5xx` with a Retry-After,
         are overloads; any other failure leaves the limiter as it is (it says
-        nothing about load).
+        nothing about load). `cap_s` bounds the cool-down (see `record_overload`).
         """
         if ok:
             self.record_success()
         elif error_class == "http_429" or (error_class == "http_5xx" and retry_after_s is not None):
-            self.record_overload(ticket, retry_after_s)
+            self.record_overload(ticket, retry_after_s, cap_s)

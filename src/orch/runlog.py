@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from orch.redact import Redactor, json_safe
+
 EventSink = Callable[[dict[str, Any]], None]
 
 
@@ -31,9 +33,16 @@ class RunLog:
         root: Project root.
         run_id: The run's id (directory name under `wip/runs/`).
         sinks: Called with every event after it is written (progress display).
+        redactor: Replaces secrets in every event and note before it is written.
     """
 
-    def __init__(self, root: Path, run_id: str, sinks: list[EventSink] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        run_id: str,
+        sinks: list[EventSink] | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
         self.root = root
         self.run_id = run_id
         self.dir = root / "wip" / "runs" / run_id
@@ -41,15 +50,24 @@ class RunLog:
         self.path = self.dir / "events.jsonl"
         self._handle = open(self.path, "ab")  # noqa: SIM115 - closed in close()
         self._sinks = sinks or []
+        self._redactor = redactor or Redactor()
         self._noted = False
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event line `{"ts", "event", "run_id", **fields}` and notify sinks.
 
-        `ts` is Unix time in seconds (float).
+        `ts` is Unix time in seconds (float). Secrets are redacted; a value no
+        JSON writer accepts (an integer past 64 bits, NaN) is made safe
+        (`orch.redact.json_safe`), so an event is never lost to its numbers.
         """
         record = {"ts": round(time.time(), 6), "event": event, "run_id": self.run_id, **fields}
-        self._handle.write(orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS) + b"\n")
+        record = self._redactor.record(record)
+        try:
+            line = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            record = json_safe(record)
+            line = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS)
+        self._handle.write(line + b"\n")
         self._handle.flush()
         for sink in self._sinks:
             sink(record)
@@ -64,7 +82,7 @@ class RunLog:
                 stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
                 handle.write(f"\n## {stamp} · run {self.run_id} · {heading}\n\n")
                 self._noted = True
-            handle.write(line.rstrip() + "\n")
+            handle.write(self._redactor.text(line.rstrip()) + "\n")
 
     def close(self) -> None:
         """Close the event file."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import math
 import os
 import random
 import shutil
@@ -32,6 +34,7 @@ from orch.partitions import Partition
 from orch.plan import PartitionState, Planner, Status
 from orch.processes import kill_orphans
 from orch.project import NOT_RETRIED_BY_DEFAULT, AgentConfig, ExpectRule, Stage
+from orch.redact import Redactor
 from orch.runlog import EventSink, RunLog, new_run_id
 from orch.state import (
     AGENT_LOG,
@@ -153,7 +156,8 @@ class Scheduler:
         self.executor = executor or LocalExecutor()
         self.rng = rng or random.Random()
         self.run_id = new_run_id()
-        self.log = RunLog(workspace.root, self.run_id, sinks)
+        self.redactor = Redactor.for_agents(workspace.project.agents.values())
+        self.log = RunLog(workspace.root, self.run_id, sinks, self.redactor)
         self._sinks = sinks or []
         self._futures: dict[ChildKey, asyncio.Future[Outcome]] = {}
         self._tasks: list[asyncio.Task[Outcome]] = []
@@ -166,6 +170,7 @@ class Scheduler:
         self._scheduled = 0
         self._cost_run = 0.0
         self._cost_stage: dict[str, float] = {}
+        self._cost_invalid: dict[str, str] = {}
         self._stage_sizes: dict[str, int] = {}
         self._stage_done: dict[str, list[Outcome]] = {}
         self._barriers: dict[str, BarrierReport] = {}
@@ -536,7 +541,7 @@ class Scheduler:
                     partition, stage, agent, state, history, staging, outputs, started, usage_total, why
                 )
             archive = await asyncio.to_thread(
-                archive_attempt, self.ws.root, stage.name, partition.id, staging, record
+                archive_attempt, self.ws.root, stage.name, partition.id, staging, record, self.redactor
             )
             if final_failure:
                 return self._failed(partition, stage, history, archive, usage_total)
@@ -578,7 +583,7 @@ class Scheduler:
             self._failed_count += 1
             self._check_halt()
             archive = await asyncio.to_thread(
-                archive_attempt, self.ws.root, stage.name, partition.id, staging, record
+                archive_attempt, self.ws.root, stage.name, partition.id, staging, record, self.redactor
             )
             return self._failed(partition, stage, history, archive, usage_total)
         self.log.emit(
@@ -634,6 +639,7 @@ class Scheduler:
             expect=stage.expect,
             project_root=self.ws.root,
             timeout_s=stage.timeout_s,
+            retry_after_cap_s=stage.backoff_cap_s,
         )
 
         def started() -> None:
@@ -667,6 +673,8 @@ class Scheduler:
             raise
         except Exception as err:  # a backend bug must fail one partition, not the run
             result = AttemptResult(False, f"agent backend error: {type(err).__name__}: {err}", "agent_error")
+        if result.error and self.redactor:  # everything downstream (events, notes, stderr) reads this
+            result = dataclasses.replace(result, error=self.redactor.text(result.error))
         outputs: list[OutputFile] = []
         if result.ok:  # reads every output: off the event loop
             findings, outputs = await asyncio.to_thread(_inspect, staging, stage.expect, self.ws.schemas)
@@ -784,10 +792,13 @@ class Scheduler:
 
     def _backoff(self, stage: Stage, retry: int, retry_after_s: float | None) -> float:
         """Full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter", 2015):
-        uniform(0, min(cap, base * 2**(retry-1))), at least any Retry-After."""
+        uniform(0, min(cap, base * 2**(retry-1))), at least any Retry-After up to the cap
+        (a server's Retry-After never waits past `backoff.cap`; NaN or inf is ignored)."""
         ceiling = min(stage.backoff_cap_s, stage.backoff_base_s * 2 ** (retry - 1))
         delay = self.rng.uniform(0, ceiling)
-        return max(delay, retry_after_s or 0.0)
+        if retry_after_s is None or not math.isfinite(retry_after_s):
+            return delay
+        return max(delay, min(max(retry_after_s, 0.0), stage.backoff_cap_s))
 
     def _check_halt(self) -> None:
         pct = self.options.halt_on_pct
@@ -803,15 +814,50 @@ class Scheduler:
             self.log.emit("halted", reason=self._halted)
 
     def _add_cost(self, stage: Stage, usage: Usage | None) -> None:
+        """Count an attempt's cost; remember a cost the agent reported but that was invalid.
+
+        An invalid cost (`usage.cost_rejected`, or a non-finite or negative
+        one) cannot be counted, and counting it as 0 would let a budget never
+        be reached, so a budgeted run or stage then halts (`_halt_reason`).
+        """
+        if usage and (usage.cost_rejected or not _valid_cost(usage.cost_usd)):
+            self._cost_invalid.setdefault(stage.name, "; ".join(usage.warnings) or "cost not a number")
+            return
         if not usage or not usage.cost_usd:
             return
         self._cost_run += usage.cost_usd
         self._cost_stage[stage.name] = self._cost_stage.get(stage.name, 0.0) + usage.cost_usd
 
+    def _invalid_cost_reason(self, stage: Stage, run_budget: float | None) -> str | None:
+        """Halt a budgeted run or stage once any of its attempts reported an invalid cost."""
+        if run_budget is not None and self._cost_invalid:
+            name, why = next(iter(self._cost_invalid.items()))
+            halted = (
+                f"halted: run budget max_cost_usd {run_budget:g} cannot be enforced: an agent in "
+                f"stage {name} reported an invalid cost ({why}); fix the agent's usage output"
+            )
+            self._halted = halted
+            self.log.emit("halted", reason=halted)
+            return halted
+        stage_why = self._cost_invalid.get(stage.name)
+        if stage.max_cost_usd is None or stage_why is None:
+            return None
+        reason = (
+            f"halted: stage {stage.name} budget max_cost_usd {stage.max_cost_usd:g} cannot be enforced: "
+            f"an agent reported an invalid cost ({stage_why}); fix the agent's usage output"
+        )
+        if stage.name not in self._stage_halted:
+            self._stage_halted.add(stage.name)
+            self.log.emit("halted", stage=stage.name, reason=reason)
+        return reason
+
     def _halt_reason(self, stage: Stage) -> str | None:
         if self._halted:
             return self._halted
         budget = self.ws.project.max_cost_usd
+        invalid = self._invalid_cost_reason(stage, budget)
+        if invalid:
+            return invalid
         if budget is not None and self._cost_run >= budget:
             self._halted = f"halted: run budget max_cost_usd {budget:g} reached (spent {self._cost_run:.4f})"
             self.log.emit("halted", reason=self._halted)
@@ -890,6 +936,10 @@ async def _acquire(lock: PartitionLock, wait_s: float, fs: Executor_) -> bool:
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.25)
     return True
+
+
+def _valid_cost(cost: float | None) -> bool:
+    return cost is None or (math.isfinite(cost) and cost >= 0)
 
 
 def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:

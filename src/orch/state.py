@@ -28,6 +28,7 @@ import filelock
 import orjson
 
 from orch.expect import META_DIR
+from orch.redact import Redactor, json_safe
 
 MANIFEST_VERSION = 1
 MANIFEST = "manifest.json"
@@ -104,7 +105,11 @@ class Manifest:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["outputs"] = [vars(o) for o in self.outputs]
         data["duration_s"] = self.duration_s
-        return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+        option = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+        try:
+            return orjson.dumps(data, option=option).decode() + "\n"
+        except orjson.JSONEncodeError:  # an agent's number past 64 bits must not stop promotion
+            return orjson.dumps(json_safe(data), option=option).decode() + "\n"
 
 
 def read_manifest(directory: Path | str) -> Manifest | None:
@@ -394,14 +399,23 @@ def _syncfs(root: Path) -> bool:
         os.close(fd)
 
 
-def archive_attempt(root: Path, stage: str, partition: str, staging: Path, error: dict[str, Any]) -> Path:
+def archive_attempt(
+    root: Path,
+    stage: str,
+    partition: str,
+    staging: Path,
+    error: dict[str, Any],
+    redactor: Redactor | None = None,
+) -> Path:
     """Move a failed or interrupted staging directory to `wip/attempts/`.
 
-    Writes `.orch/error.json` (`error`: the attempt record) first, so the
-    archive says why. Returns the archive path `wip/attempts/<stage>/<id>/<n>/`.
+    Writes `.orch/error.json` (`error`: the attempt record, secrets redacted
+    by `redactor`, numbers made JSON-safe) first, so the archive says why.
+    Returns the archive path `wip/attempts/<stage>/<id>/<n>/`.
     """
     (staging / META_DIR).mkdir(exist_ok=True)
-    (staging / META_DIR / ERROR).write_text(json.dumps(error, indent=2, sort_keys=True) + "\n")
+    record = json_safe(redactor.record(error) if redactor else error)
+    (staging / META_DIR / ERROR).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     match = STAGING_NAME.match(staging.name)
     number = match.group("n") if match else str(error.get("n", 0))
     dest = attempts_dir(root, stage, partition) / number

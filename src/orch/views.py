@@ -25,20 +25,102 @@ def print_table(
     (no colour, no trailing blanks: easy to grep, cut and diff)."""
     cells = [["" if v is None else str(v) for v in row] for row in rows]
     if console.is_terminal:
-        from rich.table import Table
-
-        table = Table(title=title, title_justify="left", highlight=False)
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for row in cells:
-            table.add_row(*row)
-        console.print(table, markup=False)
+        console.print(_rich_table(title, columns, cells, console.width), markup=False)
         return
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     lines = [title] if title else []
     for row in [list(columns), *cells]:
         lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     console.file.write("\n".join(lines) + "\n")
+
+
+#: Cells up to this long never wrap (statuses, actions, counts, sizes).
+SHORT_CELL = 12
+#: The first column (partition or stage id) keeps up to this many characters whole.
+ID_WIDTH = 48
+#: A wrapping column is never squeezed below this many characters.
+MIN_WRAP = 16
+
+
+def _rich_table(title: str | None, columns: Sequence[str], cells: list[list[str]], width: int) -> Any:
+    """A rich table at most `width` characters wide that never splits a word.
+
+    The id column and short cells stay on one line (an id longer than
+    `ID_WIDTH` ends in an ellipsis); longer cells wrap between words, an
+    over-long word is cut with an ellipsis, and only the last column folds (a
+    long path or error). Columns that cannot fit are left out, and the caption
+    names them.
+    """
+    from rich import box
+    from rich.table import Table
+
+    widths = column_widths(columns, cells, width)
+    hidden = [c for c, w in zip(columns, widths, strict=True) if w == 0]
+    caption = f"not shown at this width: {', '.join(hidden)} (see --json)" if hidden else None
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+        highlight=False,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    kept = [i for i, w in enumerate(widths) if w]
+    for i in kept:
+        table.add_column(
+            columns[i],
+            width=widths[i],
+            no_wrap=i == 0 or widths[i] <= SHORT_CELL,
+            overflow="fold" if i == kept[-1] and i > 0 else "ellipsis",
+        )
+    for row in cells:
+        table.add_row(*(row[i] for i in kept))
+    return table
+
+
+def column_widths(columns: Sequence[str], cells: list[list[str]], width: int) -> list[int]:
+    """Return each column's width (0: left out) so that a table fits `width` characters.
+
+    Columns keep their natural width when everything fits. Otherwise the first
+    column (capped at `ID_WIDTH`) and short columns keep theirs, and the longer
+    ones share what is left in proportion to their natural width, at least
+    `MIN_WRAP` each; while that is still too wide, the last column is left out.
+    """
+    natural = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    count = len(columns)
+    while True:
+        room = width - 2 * (count - 1)  # two spaces between columns, as in plain output
+        if sum(natural[:count]) <= room:
+            return natural[:count] + [0] * (len(columns) - count)
+        widths = [min(natural[0], ID_WIDTH), *natural[1:count]]
+        flexible = [i for i in range(1, count) if natural[i] > SHORT_CELL]
+        left = room - sum(w for i, w in enumerate(widths) if i not in flexible)
+        for i, share in _share_out(left, {i: natural[i] for i in flexible}).items():
+            widths[i] = share
+        if sum(widths) <= room or count <= 2:
+            return widths + [0] * (len(columns) - count)
+        count -= 1
+
+
+def _share_out(room: int, natural: dict[int, int]) -> dict[int, int]:
+    """Share `room` characters among columns: those narrower than an equal share
+    keep their natural width, the rest split what remains, at least `MIN_WRAP` each."""
+    result: dict[int, int] = {}
+    pending = sorted(natural, key=lambda i: natural[i])
+    while pending:
+        fair = room // len(pending)
+        if natural[pending[0]] <= fair:
+            first = pending.pop(0)
+            result[first] = natural[first]
+            room -= natural[first]
+            continue
+        for n, i in enumerate(pending):
+            result[i] = max(MIN_WRAP, room // len(pending) + (1 if n < room % len(pending) else 0))
+        break
+    return result
 
 
 def print_json(console: Any, data: Any) -> None:

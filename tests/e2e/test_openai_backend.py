@@ -143,7 +143,11 @@ def test_a_429_with_retry_after_is_retried_after_the_wait(make_project, monkeypa
         "default": {"action": "reply"},
         "item01": [{"action": "status", "status": 429, "retry_after": 1}, {"action": "reply"}],
     }
-    project = openai_project(make_project, monkeypatch, server, agent={"reply_file": "out.md"}, retries=2)
+    # backoff.cap bounds any Retry-After, so it must allow the 1 s asked for here
+    backoff = {"base": "0.01s", "cap": "5s"}
+    project = openai_project(
+        make_project, monkeypatch, server, agent={"reply_file": "out.md"}, retries=2, backoff=backoff
+    )
 
     result = project.orch("stage", "run", "work")
 

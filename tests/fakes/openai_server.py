@@ -17,11 +17,16 @@ Steps (`action`):
                 `per_turn` files per response (default 1), then answer "done"
     status      answer HTTP `status` with an OpenAI error body (`message`, and
                 `type`/`code` to override the defaults); optional
-                `retry_after` (seconds, Retry-After) and `retry_after_ms`
+                `retry_after` (seconds, Retry-After) and `retry_after_ms`, sent
+                as given (so "inf", "nan" or "100000" too); `echo_auth: true`
+                puts the request's Authorization header in the error message
     disconnect  close the connection without answering
     page        answer 200 with an HTML page (`text`), as a misconfigured proxy does
+    trickle     answer 200 with a reply, one byte every `interval` seconds
+                (default 0.5), as a hostile or broken endpoint might
 
-Any step may add `delay` (seconds) on top of the server's `--latency`.
+Any step may add `delay` (seconds) on top of the server's `--latency`, and
+`usage` (a mapping) to replace the usage reported, e.g. NaN or 2**70 tokens.
 
 Like the strictest real servers, it answers HTTP 500 to an assistant message
 with `"content": null` (llama-cpp-python's server does), and it never calls a
@@ -192,7 +197,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if action == "status":
-            self._status(step)
+            self._status(step, headers)
+            return
+        if action == "trickle":
+            self._trickle(step, _completion(body, self._message(key, step, body)))
             return
         if action == "page":
             data = step.get("text", "<html><body>Sign in to continue</body></html>").encode()
@@ -201,9 +209,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         message = self._message(key, step, body)
         if body.get("stream"):
-            self._stream(body, message)
+            self._stream(body, message, step.get("usage"))
         else:
-            self._json(200, _completion(body, message))
+            self._json(200, _completion(body, message, step.get("usage")))
 
     def _message(self, key: str, step: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         if step.get("action") == "tools" and body.get("tool_choice") in ("auto", "required"):
@@ -226,10 +234,12 @@ class _Handler(BaseHTTPRequestHandler):
             return {"role": "assistant", "content": step.get("final", "done")}
         return {"role": "assistant", "content": step.get("text", DEFAULT_TEXT).format(key=key)}
 
-    def _status(self, step: dict[str, Any]) -> None:
+    def _status(self, step: dict[str, Any], request_headers: dict[str, str]) -> None:
         status = int(step.get("status", 500))
         kind = step.get("type", "rate_limit_exceeded" if status == 429 else "server_error")
         message = step.get("message", f"fake {status}")
+        if step.get("echo_auth"):
+            message += f" (you sent Authorization: {request_headers.get('authorization')})"
         headers = {}
         if "retry_after" in step:
             headers["retry-after"] = str(step["retry_after"])
@@ -245,11 +255,22 @@ class _Handler(BaseHTTPRequestHandler):
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
 
-    def _stream(self, body: dict[str, Any], message: dict[str, Any]) -> None:
+    def _trickle(self, step: dict[str, Any], payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
+        self.wfile.write(head.encode())
+        interval_s = float(step.get("interval", 0.5))
+        for index in range(len(data)):
+            self.wfile.write(data[index : index + 1])
+            self.wfile.flush()
+            if self.server.fake.stopped.wait(interval_s):
+                return
+
+    def _stream(self, body: dict[str, Any], message: dict[str, Any], usage: Any = None) -> None:
         head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         self.wfile.write(head.encode())
         with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        for chunk in _chunks(body, message, with_usage):
+        for chunk in _chunks(body, message, with_usage, usage):
             self._send_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
         self._send_chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
@@ -265,7 +286,7 @@ def _usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _completion(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+def _completion(body: dict[str, Any], message: dict[str, Any], usage: Any = None) -> dict[str, Any]:
     finish = "tool_calls" if message.get("tool_calls") else "stop"
     return {
         "id": f"chatcmpl-fake-{time.monotonic_ns()}",
@@ -273,11 +294,13 @@ def _completion(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]
         "created": int(time.time()),
         "model": body.get("model", "fake"),
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-        "usage": _usage(body, message),
+        "usage": _usage(body, message) if usage is None else usage,
     }
 
 
-def _chunks(body: dict[str, Any], message: dict[str, Any], with_usage: bool) -> list[dict[str, Any]]:
+def _chunks(
+    body: dict[str, Any], message: dict[str, Any], with_usage: bool, usage: Any = None
+) -> list[dict[str, Any]]:
     """The chunk objects of a streamed completion, as the OpenAI API sends them."""
     base = {
         "id": f"chatcmpl-fake-{time.monotonic_ns()}",
@@ -306,7 +329,7 @@ def _chunks(body: dict[str, Any], message: dict[str, Any], with_usage: bool) -> 
             chunks.append(chunk({"tool_calls": [piece]}))
     chunks.append(chunk({}, "tool_calls" if message.get("tool_calls") else "stop"))
     if with_usage:
-        chunks.append({**base, "choices": [], "usage": _usage(body, message)})
+        chunks.append({**base, "choices": [], "usage": _usage(body, message) if usage is None else usage})
     return chunks
 
 

@@ -103,6 +103,12 @@ def test_stage_durations_are_loaded_in_seconds(tmp_path):
     assert (stage.timeout_s, stage.backoff_base_s, stage.backoff_cap_s) == (5400.0, 2.5, 90.0)
 
 
+@pytest.mark.parametrize("value", ["none", "None", "null"])
+def test_timeout_none_switches_the_default_time_limit_off(tmp_path, value):
+    project = load(tmp_path, with_stage_keys(f"timeout: {value}\n"))
+    assert project.stage("work").timeout_s is None
+
+
 def test_bad_timeout_in_config_names_line_and_key(tmp_path):
     error = load_error(tmp_path, with_stage_keys("timeout: 20 minutes\n"))
     assert error.message == (
@@ -118,7 +124,7 @@ def test_minimal_stage_gets_documented_defaults(tmp_path):
     stage = project.stage("work")
     assert stage.partitions == PartitionSource("references/items.yaml", "items", "ITEM_ID")
     assert (stage.fan_in, stage.needs, stage.expect, stage.agent) == (None, (), (), None)
-    assert (stage.retries, stage.retry_on, stage.timeout_s, stage.max_parallel) == (2, None, None, None)
+    assert (stage.retries, stage.retry_on, stage.timeout_s, stage.max_parallel) == (2, None, 3600.0, None)
     assert (stage.backoff_base_s, stage.backoff_cap_s) == (2.0, 60.0)
     assert project.default_agent == "offline"
     assert project.agent(None).backend == "rehearsal"

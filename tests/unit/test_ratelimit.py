@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from orch.ratelimit import AdaptiveConcurrency, AgentLimiter, RequestPacer, Ticket
+from orch.ratelimit import RETRY_AFTER_CAP_S, AdaptiveConcurrency, AgentLimiter, RequestPacer, Ticket
 
 
 class FakeClock:
@@ -217,3 +217,25 @@ def test_requests_per_minute_paces_requests():
         return time.monotonic() - started
 
     assert asyncio.run(scenario()) >= 0.3
+
+
+@pytest.mark.parametrize("hostile", [float("inf"), float("nan"), float("-inf")])
+def test_a_retry_after_that_is_not_a_finite_number_counts_as_none(hostile):
+    limiter = AgentLimiter(8, clock=FakeClock())
+    assert limiter.record_overload(Ticket(0), hostile) == 1.0  # the no-header cool-down
+
+
+def test_a_huge_retry_after_is_capped_by_the_stage_backoff_cap_and_never_past_the_limiter_bound():
+    clock = FakeClock()
+    limiter = AgentLimiter(8, clock=clock)
+    assert limiter.record_overload(Ticket(0), 100000.0, cap_s=60.0) == 60.0
+    assert limiter.resume_at == clock.now + 60.0
+    assert limiter.record_overload(Ticket(1), 100000.0) == RETRY_AFTER_CAP_S
+    assert limiter.record_overload(Ticket(2), 100000.0, cap_s=float("inf")) == RETRY_AFTER_CAP_S
+    assert limiter.record_overload(Ticket(3), -5.0, cap_s=60.0) == 0.0
+
+
+def test_record_passes_the_cap_on():
+    limiter = AgentLimiter(8, clock=FakeClock())
+    limiter.record(Ticket(0), False, "http_429", 100000.0, 2.0)
+    assert limiter.resume_at == 102.0

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from orch.redact import Redactor
 from orch.runlog import RunLog, new_run_id, read_events
 
 RUN_ID = "20250101T000000Z-42"
@@ -133,3 +134,28 @@ def test_read_events_skips_a_line_torn_inside_a_utf8_character(tmp_path: Path):
     torn = '{"event": "failed", "partition": "电'.encode()[:-1]
     path.write_bytes(good.encode() + torn)
     assert read_events(path) == [{"event": "started", "partition": "电动车"}]
+
+
+def test_an_event_with_numbers_no_json_writer_accepts_is_still_written(log: RunLog):
+    log.emit("promoted", usage={"input_tokens": 2**70, "cost_usd": float("nan"), "n": -(2**64)})
+    (event,) = read_events(log.path)
+    assert event["usage"] == {
+        "input_tokens": "<integer of 71 bits>",
+        "cost_usd": None,
+        "n": "<integer of 65 bits>",
+    }
+
+
+def test_secrets_are_redacted_from_events_and_notes(tmp_path: Path):
+    secret = "sk-live-0123456789abcdef"
+    run_log = RunLog(tmp_path, RUN_ID, redactor=Redactor({"OPENAI_API_KEY": secret}))
+    try:
+        run_log.emit("failed", error=f"HTTP 401: bad key {secret}", extra={secret: [secret]})
+        run_log.note(f"- p1: HTTP 401: bad key {secret}", "work")
+    finally:
+        run_log.close()
+    (event,) = read_events(run_log.path)
+    assert event["error"] == "HTTP 401: bad key [redacted OPENAI_API_KEY]"
+    assert event["extra"] == {"[redacted OPENAI_API_KEY]": ["[redacted OPENAI_API_KEY]"]}
+    notes = (tmp_path / "wip" / "notes.md").read_text()
+    assert secret not in notes and "bad key [redacted OPENAI_API_KEY]" in notes

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import json
 
+import orjson
+import pytest
+
 from orch.backends import Usage
-from orch.backends.usage import json_objects, parse_claude_json, parse_codex_json, parse_report
+from orch.backends.usage import (
+    check_cost,
+    check_tokens,
+    json_objects,
+    parse_claude_json,
+    parse_codex_json,
+    parse_report,
+)
 
 CLAUDE_RESULT = {
     "type": "result",
@@ -121,3 +131,75 @@ def test_usage_sum_keeps_unknown_fields_unknown():
     total = Usage(input_tokens=1, cost_usd=0.5) + Usage(input_tokens=2, output_tokens=3)
     assert total == Usage(input_tokens=3, output_tokens=3, cost_usd=0.5)
     assert total.to_json() == {"input_tokens": 3, "output_tokens": 3, "cost_usd": 0.5}
+
+
+HOSTILE = [2**64, 2**70, -1, float("nan"), float("inf"), -0.5, "12", True, [1], {"n": 1}, 10**12]
+
+
+@pytest.mark.parametrize("bad", HOSTILE, ids=repr)
+def test_claude_hostile_numbers_become_unknown_with_a_warning(bad):
+    result = {**CLAUDE_RESULT, "total_cost_usd": bad, "num_turns": bad}
+    result["usage"] = {**CLAUDE_RESULT["usage"], "output_tokens": bad, "cache_read_input_tokens": bad}
+    # json.dumps writes NaN/Infinity, which Python's json reads back, as a careless agent's would be
+    usage = parse_claude_json(lines(result)).usage
+    assert usage is not None
+    assert usage.output_tokens is None and usage.num_turns is None and usage.cached_input_tokens is None
+    assert usage.input_tokens == 210  # the valid parts still count
+    assert usage.cost_usd is None and usage.cost_rejected is True
+    assert len(usage.warnings) == 4
+    assert usage.warnings[0].startswith("claude cache_read_input_tokens: reported ")
+    assert all(w.endswith("recorded as unknown") for w in usage.warnings)
+    encoded = orjson.dumps(usage.to_json())  # never refuses: nothing past 64 bits, no NaN
+    assert b"warnings" in encoded and b"cost_rejected" in encoded
+
+
+def test_a_warning_names_the_size_of_a_huge_integer_not_its_digits():
+    usage = parse_claude_json(lines({**CLAUDE_RESULT, "num_turns": 2**70})).usage
+    assert usage is not None
+    (warning,) = usage.warnings
+    assert warning == (
+        "claude num_turns: reported an integer of 71 bits, not a whole number in [0, 1e12); "
+        "recorded as unknown"
+    )
+
+
+def test_claude_cost_not_reported_is_unknown_but_not_rejected():
+    result = {k: v for k, v in CLAUDE_RESULT.items() if k != "total_cost_usd"}
+    usage = parse_claude_json(lines(result)).usage
+    assert usage is not None and usage.cost_usd is None and not usage.cost_rejected and not usage.warnings
+
+
+def test_whole_floats_count_as_tokens_and_large_valid_costs_are_kept():
+    result = {**CLAUDE_RESULT, "total_cost_usd": 999_999, "num_turns": 3.0}
+    usage = parse_claude_json(lines(result)).usage
+    assert usage is not None and usage.num_turns == 3 and usage.cost_usd == 999_999.0
+
+
+@pytest.mark.parametrize("bad", [2**64, -5, float("nan"), "many"], ids=repr)
+def test_codex_hostile_turn_usage_is_dropped_with_a_warning(bad):
+    hostile = {"type": "turn.completed", "usage": {"input_tokens": bad, "output_tokens": 7}}
+    usage = parse_codex_json(lines(*CODEX_EVENTS, hostile)).usage
+    assert usage is not None
+    assert usage.input_tokens == 24763 and usage.output_tokens == 129
+    assert usage.warnings and usage.warnings[0].startswith("codex input_tokens: reported ")
+
+
+def test_usage_sum_keeps_warnings_and_a_rejected_cost():
+    total = Usage(input_tokens=1, warnings=("a",), cost_rejected=True) + Usage(warnings=("b",))
+    assert total.warnings == ("a", "b") and total.cost_rejected is True
+    assert total.to_json() == {"input_tokens": 1, "warnings": ["a", "b"], "cost_rejected": True}
+
+
+def test_check_cost_bounds():
+    warnings: list[str] = []
+    assert check_cost(0, "cost_usd", warnings) == (0.0, False)
+    assert check_cost(None, "cost_usd", warnings) == (None, False)
+    assert check_cost(10**6, "cost_usd", warnings) == (None, True)
+    assert check_tokens(0, "input_tokens", warnings) == 0
+    assert len(warnings) == 1
+
+
+def test_a_string_reported_as_a_number_is_described_not_echoed():
+    usage = parse_claude_json(lines({**CLAUDE_RESULT, "num_turns": "sk-looks-like-a-secret"})).usage
+    assert usage is not None
+    assert usage.warnings[0].startswith("claude num_turns: reported a string of 22 characters,")

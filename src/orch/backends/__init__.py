@@ -44,6 +44,8 @@ class AttemptSpec:
         project_root: The project root (for schema paths).
         timeout_s: Per-attempt timeout in seconds, or None; orch enforces it by
             cancelling `run`, which must then stop the agent before returning.
+        retry_after_cap_s: The stage's `backoff.cap`: the longest Retry-After
+            the agent's limiter honours, or None for the limiter's own bound.
     """
 
     stage: str
@@ -57,6 +59,7 @@ class AttemptSpec:
     expect: tuple[ExpectRule, ...]
     project_root: Path
     timeout_s: float | None = None
+    retry_after_cap_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class Usage:
         cached_input_tokens: The share of `input_tokens` served from a prompt cache.
         cache_creation_tokens: The share of `input_tokens` written to a prompt
             cache (Anthropic bills these apart).
+        warnings: Why a reported number was rejected and recorded as unknown
+            (see `orch.backends.usage.check_tokens`); written as `warnings`.
+        cost_rejected: The agent reported a cost that was not a valid number;
+            budgets then halt rather than count it as 0.
     """
 
     input_tokens: int | None = None
@@ -81,19 +88,27 @@ class Usage:
     num_turns: int | None = None
     cached_input_tokens: int | None = None
     cache_creation_tokens: int | None = None
+    warnings: tuple[str, ...] = ()
+    cost_rejected: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """Return the non-None fields as a JSON-ready dict."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """Return the set fields (not None, not empty, not False) as a JSON-ready dict."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if _is_set(v)}
 
     def __add__(self, other: Usage) -> Usage:
         def add(a: Any, b: Any) -> Any:
+            if isinstance(a, bool):
+                return a or b
             return b if a is None else a if b is None else a + b
 
         return Usage(**{f: add(getattr(self, f), getattr(other, f)) for f in _USAGE_FIELDS})
 
 
 _USAGE_FIELDS = tuple(f.name for f in fields(Usage))
+
+
+def _is_set(value: Any) -> bool:
+    return value is not None and value is not False and value != ()
 
 
 @dataclass(frozen=True)

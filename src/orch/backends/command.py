@@ -29,6 +29,7 @@ from orch.backends.usage import PARSERS, AgentReport, parse_report
 from orch.errors import ConfigError, did_you_mean
 from orch.processes import Reaper
 from orch.project import AgentConfig, parse_duration
+from orch.redact import Redactor
 
 SETTINGS = {
     "command": "argv list (or a shell-style string) of the agent CLI",
@@ -39,11 +40,13 @@ SETTINGS = {
     "prompt_via": "stdin (default), arg (last argument or {prompt}), or file "
     "(path as last argument or {prompt_file})",
     "env": "extra environment variables (mapping of strings)",
+    "secret_env": "names of environment variables (in env or orch's own) whose values orch "
+    "redacts from everything it writes, e.g. [ANTHROPIC_API_KEY]",
     "kill_grace": "seconds between SIGTERM and SIGKILL (default 5s)",
 }
 #: `usage` and `preset` only change how orch reads the run (the preset's
 #: expansion — command, env — is fingerprinted itself).
-NOT_FINGERPRINTED = frozenset({"kill_grace", "usage", "preset"})
+NOT_FINGERPRINTED = frozenset({"kill_grace", "usage", "preset", "secret_env"})
 PROMPT_VIA = ("stdin", "arg", "file")
 #: Known agent CLIs run headless. Sources: `claude -p --output-format json`
 #: prints one result object (Claude Code docs, "Run Claude Code
@@ -138,6 +141,15 @@ def normalize(settings: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
         raise ConfigError(f"{where} env: expected a mapping of NAME: value")
     settings["env"] = {k: str(v) for k, v in env.items()}
+    secret = settings.get("secret_env", [])
+    if isinstance(secret, str):
+        secret = [secret]
+    if not isinstance(secret, list | tuple) or not all(isinstance(n, str) and n.strip() for n in secret):
+        raise ConfigError(
+            f"{where} secret_env: expected a list of environment variable names like [ANTHROPIC_API_KEY]",
+            "name the variables; their values never go in orch.yaml",
+        )
+    settings["secret_env"] = tuple(secret)
     settings["kill_grace"] = parse_duration(settings.get("kill_grace", 5), f"{where} kill_grace")
     if "reply_file" in settings:
         settings["reply_file"] = check_relative_file(settings["reply_file"], f"{where} reply_file")
@@ -198,6 +210,7 @@ class CommandBackend:
         # agents (and their children) die with orch, even on kill -9
         self._reaper = Reaper()
         self._which: dict[str, str | None] = {}
+        self.redactor = Redactor.for_agents([agent])
 
     def argv_for(self, spec: AttemptSpec) -> list[str]:
         """Return the argv with `{prompt}` / `{prompt_file}` substituted or appended."""
@@ -275,11 +288,28 @@ class CommandBackend:
                     await proc.communicate(prompt)
             except asyncio.CancelledError:
                 await self._terminate(proc)
+                self._redact_log(spec, log_start)  # no await: the task is being cancelled
                 raise
             finally:
                 _kill_group(proc.pid, signal.SIGKILL)
                 self._reaper.forget(spec.work_dir)
+        await asyncio.to_thread(self._redact_log, spec, log_start)
         return self.result(proc.returncode, spec, log_start)
+
+    def _redact_log(self, spec: AttemptSpec, log_start: int) -> None:
+        """Rewrite this attempt's part of `agent.log` without the agent's secrets (blocking).
+
+        Runs once the agent has ended, before the log is parsed, checked or
+        promoted. A log that cannot be rewritten is removed rather than kept
+        with a secret in it.
+        """
+        if not self.redactor:
+            return
+        try:
+            self.redactor.file(spec.log_path, log_start)
+        except OSError:
+            with contextlib.suppress(OSError):
+                spec.log_path.unlink()
 
     def report(self, spec: AttemptSpec, log_start: int = 0) -> AgentReport:
         """Parse the attempt's log (from byte `log_start`) with the `usage` parser."""

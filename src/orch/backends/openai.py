@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import errno
 import json
+import math
 import os
 import re
 import threading
@@ -30,9 +32,11 @@ from typing import IO, Any
 
 from orch.backends import AttemptResult, AttemptSpec, Usage
 from orch.backends.command import check_relative_file
+from orch.backends.usage import checked_usage
 from orch.errors import ConfigError, did_you_mean
 from orch.project import AgentConfig, parse_duration
 from orch.ratelimit import AgentLimiter
+from orch.redact import Redactor
 
 SETTINGS = {
     "model": "model name sent with every request (required)",
@@ -47,7 +51,7 @@ SETTINGS = {
     "max_turns": "tools mode: most requests per attempt (default 20); then the expect rules decide",
     "system": "system message (default: none in reply mode, a write_file instruction in tools mode)",
     "stream": "true to stream responses (server-sent events); default false",
-    "request_timeout": "timeout of one HTTP request (default 10m)",
+    "request_timeout": "total deadline of one HTTP request, streamed body included (default 10m)",
     "price_per_1k_input_usd": "price of 1,000 input tokens, to compute cost (with the output price)",
     "price_per_1k_output_usd": "price of 1,000 output tokens, to compute cost (with the input price)",
 }
@@ -254,26 +258,36 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Return the wait a response asks for, in seconds, or None.
 
     Reads `retry-after-ms` (OpenAI's, milliseconds) first, then `retry-after`
-    as seconds or as an HTTP date (RFC 9110 §10.2.3).
+    as seconds or as an HTTP date (RFC 9110 §10.2.3). NaN, infinities and
+    garbage are ignored (None); a negative wait is 0. The value is not capped
+    here: the scheduler caps it at the stage's `backoff.cap`, the limiter at
+    its own bound.
     """
     value = headers.get("retry-after-ms")
     if value:
-        try:
-            return max(float(value) / 1000, 0.0)
-        except ValueError:
-            pass
+        seconds = _finite(value)
+        if seconds is not None:
+            return max(seconds / 1000, 0.0)
     value = headers.get("retry-after")
     if not value:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    seconds = _finite(value)
+    if seconds is not None:
+        return max(seconds, 0.0)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+def _finite(text: str) -> float | None:
+    """`text` as a finite float, or None (`inf`, `nan`, garbage)."""
+    try:
+        value = float(text)
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 class _Transcript:
@@ -287,15 +301,17 @@ class _Transcript:
     timed-out attempt from interleaving with the final close.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
         self.path = path
+        self._redactor = redactor or Redactor()
         self._lines: list[str] = []
         self._handle: IO[str] | None = None
         self._lock = threading.Lock()
 
     def write(self, event: str, **fields: Any) -> None:
-        """Buffer one line: `{"orch": event, **fields}`."""
-        self._lines.append(json.dumps({"orch": event, **fields}, ensure_ascii=False, default=str) + "\n")
+        """Buffer one line: `{"orch": event, **fields}`, every secret redacted."""
+        line = json.dumps({"orch": event, **fields}, ensure_ascii=False, default=str)
+        self._lines.append(self._redactor.text(line) + "\n")
 
     def flush(self) -> None:
         """Append the buffered lines to the log (blocking; creates the file the first time)."""
@@ -352,6 +368,7 @@ class OpenAIBackend:
             else None
         )
         self._limiter: AgentLimiter | None = None
+        self.redactor = Redactor.for_agents([agent])
         self._client: Any = None
         self._sdk: Any = None
         self._stream_cls: Any = None
@@ -412,7 +429,7 @@ class OpenAIBackend:
         Files (the transcript, the reply, the model's write_file calls) are
         written in worker threads, never on the event loop.
         """
-        transcript = _Transcript(spec.log_path)
+        transcript = _Transcript(spec.log_path, self.redactor)
         try:
             try:
                 client = self._get_client()
@@ -423,6 +440,8 @@ class OpenAIBackend:
             except _Failure as failure:
                 transcript.write("failed", error=failure.result.error, error_class=failure.result.error_class)
                 result = failure.result
+            if result.error:
+                result = dataclasses.replace(result, error=self.redactor.text(result.error))
         except BaseException as err:  # timeout, interrupt or a bug: keep what the log has
             if isinstance(err, asyncio.CancelledError):
                 transcript.write("cancelled", note="timeout or interrupt; the request was abandoned")
@@ -533,19 +552,22 @@ class OpenAIBackend:
         try:
             # client.post with a plain dict: the typed chat.completions.create spends
             # about 1.4 ms of CPU per request transforming the body and building
-            # response models (profile of bench/openai_fanout.py); orch needs only the JSON
-            response = await client.post(
-                "/chat/completions",
-                cast_to=object,
-                body=body,
-                options={"headers": self.headers} if self.headers else {},
-                stream=self.stream,
-                stream_cls=self._stream_cls if self.stream else None,
-            )
-            if self.stream:
-                message, finish, reported, response_id = await _collect_stream(response)
-            else:
-                message, finish, reported, response_id = _read_response(response)
+            # response models (profile of bench/openai_fanout.py); orch needs only the JSON.
+            # request_timeout is a total deadline: the SDK's httpx timeout is per read, so
+            # a server trickling a byte at a time would otherwise never time out.
+            async with asyncio.timeout(self.timeout_s):
+                response = await client.post(
+                    "/chat/completions",
+                    cast_to=object,
+                    body=body,
+                    options={"headers": self.headers} if self.headers else {},
+                    stream=self.stream,
+                    stream_cls=self._stream_cls if self.stream else None,
+                )
+                if self.stream:
+                    message, finish, reported, response_id = await _collect_stream(response)
+                else:
+                    message, finish, reported, response_id = _read_response(response)
         except Exception as err:
             failure = self._classify(err, usage)
             if failure is None:
@@ -581,21 +603,27 @@ class OpenAIBackend:
         return messages[start:]
 
     def _usage(self, reported: dict[str, Any] | None) -> Usage:
+        """Usage of one response, each number checked (`orch.backends.usage.checked_usage`).
+
+        Cost is computed from the configured prices only when both token
+        counts are valid; the endpoint reports no cost itself.
+        """
         if not reported:
             return Usage(num_turns=1)
-        prompt = reported.get("prompt_tokens")
-        completion = reported.get("completion_tokens")
-        details = reported.get("prompt_tokens_details") or {}
-        cost = None
-        if self.prices is not None and isinstance(prompt, int) and isinstance(completion, int):
-            cost = prompt / 1000 * self.prices[0] + completion / 1000 * self.prices[1]
-        return Usage(
-            input_tokens=prompt if isinstance(prompt, int) else None,
-            output_tokens=completion if isinstance(completion, int) else None,
-            cost_usd=cost,
-            num_turns=1,
-            cached_input_tokens=details.get("cached_tokens") if isinstance(details, dict) else None,
-        )
+        details = reported.get("prompt_tokens_details")
+        tokens = {
+            "input_tokens": reported.get("prompt_tokens"),
+            "output_tokens": reported.get("completion_tokens"),
+            "cached_input_tokens": details.get("cached_tokens") if isinstance(details, dict) else None,
+        }
+        usage = checked_usage("endpoint", tokens)
+        if self.prices is None:
+            return dataclasses.replace(usage, num_turns=1)
+        if usage.input_tokens is None or usage.output_tokens is None:
+            # priced but uncountable: budgets must not read this as free
+            return dataclasses.replace(usage, num_turns=1, cost_rejected=bool(usage.warnings))
+        cost = usage.input_tokens / 1000 * self.prices[0] + usage.output_tokens / 1000 * self.prices[1]
+        return dataclasses.replace(usage, cost_usd=cost, num_turns=1)
 
     def _classify(self, err: Exception, usage: Usage) -> AttemptResult | None:
         """Map an SDK or transport error to a failed AttemptResult; None if it is not one.
@@ -641,6 +669,12 @@ class OpenAIBackend:
             else:
                 message = f"cannot reach {where}"
             return AttemptResult(False, f"{message}: {_describe(root)}", "http_5xx", usage=spent)
+        if isinstance(err, TimeoutError):
+            message = (
+                f"request to {where} exceeded request_timeout {self.timeout_s:g}s "
+                "(a total deadline per request, streamed body included)"
+            )
+            return AttemptResult(False, message, "http_5xx", usage=spent)
         if isinstance(err, httpx2.TransportError):
             return AttemptResult(
                 False, f"connection to {where} broke mid-response: {_short(err)}", "http_5xx", usage=spent

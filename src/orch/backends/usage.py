@@ -8,8 +8,9 @@ Parsers for `claude -p --output-format json` (one result object) and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from orch.backends import Usage
@@ -17,6 +18,12 @@ from orch.backends import Usage
 #: `usage:` parser names accepted by the command backend.
 PARSERS = ("claude-json", "codex-json", "none")
 _ERROR_CHARS = 300
+#: Reported numbers at or above these bounds are rejected as unknown. No real
+#: attempt reads or writes 10**12 tokens (a thousand times a million-token
+#: context, every turn) or costs 10**6 USD; both bounds sit far below the
+#: 64-bit limit of JSON writers (orjson refuses larger integers).
+MAX_TOKENS = 10**12
+MAX_COST_USD = 10**6
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,72 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _shown(value: Any) -> str:
+    """A short, always-printable description of a reported value."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str):  # never echoed: it could carry anything, a secret included
+        return f"a string of {len(value)} characters"
+    plain = isinstance(value, bool | int | float) or value is None
+    text = repr(value) if plain else type(value).__name__
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def check_tokens(value: Any, name: str, warnings: list[str]) -> int | None:
+    """Return `value` if it is a whole number in [0, MAX_TOKENS), else None with a warning.
+
+    Absent (None) is unknown without a warning. A float with no fraction
+    (`12.0`) counts as its integer. Bools, strings, NaN, infinities,
+    negatives and values past the bound are rejected, never raised.
+
+    Args:
+        value: The number as reported (any JSON value).
+        name: The field, for the warning (e.g. `input_tokens`).
+        warnings: Receives one line per rejected value.
+    """
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKENS:
+        return value
+    warnings.append(f"{name}: reported {_shown(value)}, not a whole number in [0, 1e12); recorded as unknown")
+    return None
+
+
+def check_cost(value: Any, name: str, warnings: list[str]) -> tuple[float | None, bool]:
+    """Return (`value` as USD, False) if finite and in [0, MAX_COST_USD), else (None, True) with a warning.
+
+    Absent (None) is `(None, False)`: not reported, not rejected.
+    """
+    if value is None:
+        return None, False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int) and 0 <= value < MAX_COST_USD:
+            return float(value), False
+        if isinstance(value, float) and math.isfinite(value) and 0 <= value < MAX_COST_USD:
+            return value, False
+    warnings.append(f"{name}: reported {_shown(value)}, not a cost in [0, 1e6) USD; recorded as unknown")
+    return None, True
+
+
+def checked_usage(source: str, tokens: Mapping[str, Any], cost_usd: Any = None) -> Usage:
+    """Return a Usage from reported values, each checked (see `check_tokens`, `check_cost`).
+
+    Args:
+        source: Who reported the numbers, prefixed to each warning (e.g. `claude`).
+        tokens: Usage token and turn fields (`input_tokens`, `num_turns`, ...) as reported.
+        cost_usd: The cost as reported, or None if the agent reports none.
+    """
+    warnings: list[str] = []
+    checked = {k: check_tokens(v, k, warnings) for k, v in tokens.items()}
+    cost, rejected = check_cost(cost_usd, "cost_usd", warnings)
+    return Usage(
+        **checked,
+        cost_usd=cost,
+        warnings=tuple(f"{source} {w}" for w in warnings),
+        cost_rejected=rejected,
+    )
 
 
 def _sum(*values: int | None) -> int | None:
@@ -109,18 +180,20 @@ def parse_claude_json(text: str) -> AgentReport:
     if result is None:
         return AgentReport()
     raw = _dict(result.get("usage"))
+    warnings: list[str] = []
     plain, created, read = (
-        _int(raw.get(k)) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        check_tokens(raw.get(k), k, warnings)
+        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     )
-    cost = result.get("total_cost_usd")
-    usage = Usage(
-        input_tokens=_sum(plain, created, read),
-        output_tokens=_int(raw.get("output_tokens")),
-        cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
-        num_turns=_int(result.get("num_turns")),
-        cached_input_tokens=read,
-        cache_creation_tokens=created,
-    )
+    tokens = {
+        "input_tokens": _sum(plain, created, read),
+        "output_tokens": raw.get("output_tokens"),
+        "num_turns": result.get("num_turns"),
+        "cached_input_tokens": read,
+        "cache_creation_tokens": created,
+    }
+    reported = checked_usage("claude", tokens, result.get("total_cost_usd"))
+    usage = replace(reported, warnings=tuple(f"claude {w}" for w in warnings) + reported.warnings)
     error = None
     if result.get("is_error") is True:
         detail = result.get("result") or result.get("subtype") or "no detail"
@@ -139,6 +212,7 @@ def parse_codex_json(text: str) -> AgentReport:
     `num_turns` stays unknown.
     """
     totals: dict[str, int | None] = {"input_tokens": None, "cached_input_tokens": None, "output_tokens": None}
+    warnings: list[str] = []
     found = False
     failed: str | None = None
     last_error: str | None = None
@@ -153,7 +227,7 @@ def parse_codex_json(text: str) -> AgentReport:
             last_error = None
             reported = _dict(obj.get("usage"))
             for key in totals:
-                totals[key] = _sum(totals[key], _int(reported.get(key)))
+                totals[key] = _sum(totals[key], check_tokens(reported.get(key), key, warnings))
         elif kind == "turn.failed":
             found = True
             error = _dict(obj.get("error"))
@@ -163,9 +237,6 @@ def parse_codex_json(text: str) -> AgentReport:
             last_error = f"codex error: {_short(obj.get('message') or 'no detail')}"
     if not found:
         return AgentReport()
-    usage = Usage(
-        input_tokens=totals["input_tokens"],
-        output_tokens=totals["output_tokens"],
-        cached_input_tokens=totals["cached_input_tokens"],
-    )
+    usage = checked_usage("codex", totals)
+    usage = replace(usage, warnings=tuple(f"codex {w}" for w in warnings) + usage.warnings)
     return AgentReport(usage if usage != Usage() else None, failed or last_error, True)
