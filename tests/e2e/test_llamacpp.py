@@ -21,7 +21,11 @@ import pytest
 
 from tests.conftest import REPO, default_config
 
-pytest.importorskip("xllamacpp", reason="xllamacpp is not installed (pip install -e '.[dev]' installs it)")
+pytest.importorskip(
+    "xllamacpp",
+    exc_type=ImportError,
+    reason="xllamacpp is not installed (pip install -e '.[dev]' installs it)",
+)
 
 SERVER_SCRIPT = REPO / "tests" / "llamacpp_server.py"
 START_TIMEOUT_S = 60.0
