@@ -49,12 +49,16 @@ class Context:
     json: bool = False
     debug: bool = False
 
-    def workspace(self) -> Any:
-        """Load the project (walking up from cwd unless --project/ORCH_PROJECT)."""
+    def workspace(self, checked: bool = True) -> Any:
+        """Load the project (walking up from cwd unless --project/ORCH_PROJECT);
+        `checked`: run the load-time checks (Workspace.check) before returning."""
         from orch.project import find_root, load_project
         from orch.workspace import Workspace
 
-        return Workspace(load_project(find_root(explicit=self.project)))
+        ws = Workspace(load_project(find_root(explicit=self.project)))
+        if checked:
+            ws.check()
+        return ws
 
     @property
     def out(self) -> Console | PlainOut:
@@ -88,6 +92,13 @@ class PlainOut:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+AGENT_HELP = "Use this agent for every stage (else $ORCH_AGENT, else orch.yaml)."
+
+
+def agent_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--agent NAME`, the run-wide agent choice every command honours."""
+    return click.option("--agent", metavar="NAME", help=AGENT_HELP)(func)
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -161,7 +172,7 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--force", is_flag=True, help="Run every partition; old outputs are kept in wip/attempts/."
         ),
         click.option("--max-parallel", type=click.IntRange(min=1), metavar="N", help="Concurrency limit."),
-        click.option("--agent", metavar="NAME", help="Run with this agent instead of the configured one."),
+        agent_option,
         click.option("--keep-going", is_flag=True, help="Run every partition, report at the end (default)."),
         click.option("--halt-on", metavar="N%", help="Stop starting partitions once N% have failed."),
         click.option(
@@ -276,7 +287,7 @@ def _finish_run(ctx: Context, result: Any) -> None:
 
 @cli.command()
 @click.argument("stage_name", metavar="[STAGE]", required=False)
-@click.option("--agent", metavar="NAME", help="Plan as if running with this agent.")
+@agent_option
 @json_option
 @pass_ctx
 def plan(ctx: Context, stage_name: str | None, agent: str | None) -> None:
@@ -300,16 +311,17 @@ def plan(ctx: Context, stage_name: str | None, agent: str | None) -> None:
 
 @cli.command()
 @click.argument("stage_name", metavar="[STAGE]", required=False)
+@agent_option
 @json_option
 @pass_ctx
-def status(ctx: Context, stage_name: str | None) -> None:
+def status(ctx: Context, stage_name: str | None, agent: str | None) -> None:
     """Counts per status for every stage, or a per-partition table for one."""
     from orch.commands import stage_status, status_all
     from orch.views import STATUS_ORDER, print_json, print_table
 
     ws = ctx.workspace()
     if stage_name is None:
-        overview = status_all(ws)
+        overview = status_all(ws, agent)
         if ctx.json:
             print_json(ctx.out, overview)
             return
@@ -320,7 +332,7 @@ def status(ctx: Context, stage_name: str | None) -> None:
             [[o["stage"], o["partitions"], *o["counts"].values()] for o in overview],
         )
         return
-    rows = stage_status(ws, stage_name)
+    rows = stage_status(ws, stage_name, agent)
     if ctx.json:
         print_json(ctx.out, {"stage": stage_name, "partitions": rows})
         return
@@ -345,14 +357,15 @@ def status(ctx: Context, stage_name: str | None) -> None:
 
 @cli.command()
 @click.argument("stage_name", metavar="STAGE")
+@agent_option
 @json_option
 @pass_ctx
-def barrier(ctx: Context, stage_name: str) -> None:
+def barrier(ctx: Context, stage_name: str, agent: str | None) -> None:
     """Check a stage's outputs on disk now; report what is missing where."""
     from orch.barriers import check_barrier
     from orch.views import print_json, print_table
 
-    report = check_barrier(ctx.workspace(), stage_name)
+    report = check_barrier(ctx.workspace(), stage_name, agent)
     if ctx.json:
         print_json(ctx.out, report.to_json())
     elif report.entries:
@@ -375,20 +388,60 @@ def barrier(ctx: Context, stage_name: str) -> None:
 @click.argument("stage_name", metavar="STAGE")
 @click.argument("partition_id", metavar="PARTITION")
 @click.option("--all", "all_attempts", is_flag=True, help="Show every archived attempt, not just the newest.")
+@agent_option
 @json_option
 @pass_ctx
-def show(ctx: Context, stage_name: str, partition_id: str, all_attempts: bool) -> None:
+def show(ctx: Context, stage_name: str, partition_id: str, all_attempts: bool, agent: str | None) -> None:
     """Everything about one partition: paths, prompt, manifest, attempts, errors."""
     from orch.commands import show_partition
     from orch.views import print_json
 
-    data = show_partition(ctx.workspace(), stage_name, partition_id)
+    data = show_partition(ctx.workspace(), stage_name, partition_id, agent)
     if ctx.json:
         print_json(ctx.out, data)
         return
     from orch.commands import format_show
 
     ctx.out.file.write(format_show(data, all_attempts))
+
+
+# -- agents -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("stage_names", metavar="[STAGE]...", nargs=-1)
+@agent_option
+@json_option
+@pass_ctx
+def doctor(ctx: Context, stage_names: tuple[str, ...], agent: str | None) -> None:
+    """Check agents: command found, key set, endpoint answers, reply-mode fits; versions.
+
+    Without STAGE: every agent in orch.yaml (or the --agent/$ORCH_AGENT one).
+    """
+    from orch.preflight import check_agents, doctor_scope, raise_for_problems
+    from orch.views import print_json, print_table
+
+    ws = ctx.workspace()
+    checks = check_agents(ws.project, doctor_scope(ws, stage_names, agent), versions=True)
+    if ctx.json:
+        print_json(ctx.out, [c.to_json() for c in checks])
+    else:
+        print_table(
+            ctx.out,
+            None,
+            ["agent", "backend", "stages", "check", "version"],
+            [
+                [c.agent, c.backend, _few(c.stages), "ok" if c.ok else "FAIL", c.version or "-"]
+                for c in checks
+            ],
+        )
+    raise_for_problems(checks, doctor=True)
+    if not ctx.json:
+        ctx.out.print(f"doctor: {len(checks)} agent(s) ready", highlight=False, markup=False)
+
+
+def _few(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "") if names else "-"
 
 
 # -- blueprints ---------------------------------------------------------------------
@@ -402,14 +455,15 @@ def blueprint() -> None:
 @blueprint.command("render")
 @click.argument("stage_name", metavar="STAGE")
 @click.argument("partition_id", metavar="PARTITION")
+@agent_option
 @json_option
 @pass_ctx
-def blueprint_render(ctx: Context, stage_name: str, partition_id: str) -> None:
+def blueprint_render(ctx: Context, stage_name: str, partition_id: str, agent: str | None) -> None:
     """Print exactly the prompt the agent of STAGE/PARTITION receives."""
     from orch.commands import render_prompt
     from orch.views import print_json
 
-    prompt = render_prompt(ctx.workspace(), stage_name, partition_id)
+    prompt = render_prompt(ctx.workspace(), stage_name, partition_id, agent)
     if ctx.json:
         print_json(ctx.out, {"stage": stage_name, "partition": partition_id, "prompt": prompt})
     else:
@@ -425,7 +479,7 @@ def blueprint_check(ctx: Context, file: Path | None) -> None:
     from orch.commands import check_blueprints
     from orch.views import print_json
 
-    report = check_blueprints(ctx.workspace(), file)
+    report = check_blueprints(ctx.workspace(checked=False), file)
     if ctx.json:
         print_json(ctx.out, report.to_json())
     else:

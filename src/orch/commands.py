@@ -65,9 +65,11 @@ def list_stages(ws: Workspace) -> list[dict[str, Any]]:
 def plan_stages(
     ws: Workspace, stage: str | None, agent: str | None = None, only: Sequence[str] | None = None
 ) -> list[tuple[str, list[PartitionState]]]:
-    """Return `(stage, states)` for one stage or all, narrowed to `only` ids."""
-    if agent:
-        ws.project.agent(agent)
+    """Return `(stage, states)` for one stage or all, narrowed to `only` ids.
+
+    Raises:
+        UsageError: `agent` (or $ORCH_AGENT) names no agent of orch.yaml.
+    """
     planner = Planner(ws, agent)
     names = [ws.project.stage(stage).name] if stage else list(ws.project.stages)
     selected = set(select_only(ws, names, only)) if only else None
@@ -80,21 +82,21 @@ def plan_stages(
     return result
 
 
-def status_all(ws: Workspace) -> list[dict[str, Any]]:
-    """Return counts per status for every stage."""
-    return status_overview(Planner(ws))
+def status_all(ws: Workspace, agent: str | None = None) -> list[dict[str, Any]]:
+    """Return counts per status for every stage, judged for `agent` (the run-wide override)."""
+    return status_overview(Planner(ws, agent))
 
 
-def stage_status(ws: Workspace, stage: str) -> list[dict[str, Any]]:
-    """Return the per-partition status rows of one stage."""
-    planner = Planner(ws)
+def stage_status(ws: Workspace, stage: str, agent: str | None = None) -> list[dict[str, Any]]:
+    """Return the per-partition status rows of one stage, judged for `agent`."""
+    planner = Planner(ws, agent)
     return status_rows(planner, planner.stage_states(ws.project.stage(stage).name))
 
 
-def render_prompt(ws: Workspace, stage: str, partition_id: str) -> str:
-    """Return the prompt of one partition; inputs not yet complete show as placeholders."""
+def render_prompt(ws: Workspace, stage: str, partition_id: str, agent: str | None = None) -> str:
+    """Return the prompt of one partition; inputs not yet complete (for `agent`) show as placeholders."""
     partition = ws.partitions.get(ws.project.stage(stage).name, partition_id)
-    return ws.render(partition, preview_manifests(Planner(ws), partition), preview=True)
+    return ws.render(partition, preview_manifests(Planner(ws, agent), partition), preview=True)
 
 
 @dataclass
@@ -251,7 +253,8 @@ class RunResult:
             raise PartitionsFailed(
                 f"{len(bad)} of {len(summary.outcomes)} partitions did not complete "
                 f"({', '.join(f'{o.stage}/{o.partition}' for o in bad[:5])}"
-                f"{' ...' if len(bad) > 5 else ''}); see wip/notes.md",
+                f"{' ...' if len(bad) > 5 else ''}); see wip/notes.md"
+                + (f"\n{summary.disk_fault}" if summary.disk_fault else ""),
                 f"inspect with: orch show {first.stage} {first.partition}; "
                 f"rerun the failed ones with: orch stage run {first.stage} --retry-failed",
             )
@@ -285,13 +288,14 @@ def run_stages(
         ConfigError / BlueprintError: before anything runs, if any prompt in
             scope cannot be rendered (nothing is written).
         UsageError: unknown partition ids in `only`, or an unknown agent.
+        PreflightFailed: an agent the run needs cannot work (before anything
+            is written: no staging directory, attempt folder or event log).
         StageBlocked: a partition's upstream input is not complete (single
             stage runs only; `orch run` blocks per partition instead).
     """
     names = [ws.project.stage(s).name for s in stages]
-    if agent:
-        ws.project.agent(agent)
     planner = Planner(ws, agent)
+    agent = planner.agent_override
     if only:
         only = select_only(ws, names, only)
     in_run = set(names)
@@ -306,6 +310,9 @@ def run_stages(
                 (n, [s for s in planner.stage_states(n) if not only or s.partition.id in only]) for n in names
             ]
         )
+    from orch.preflight import check_agents, raise_for_problems, run_scope
+
+    raise_for_problems(check_agents(ws.project, run_scope(planner, names, only, retry_failed, force)))
     import asyncio
 
     from orch.scheduler import RunOptions, Scheduler
@@ -386,11 +393,11 @@ def select_only(ws: Workspace, names: Sequence[str], patterns: Sequence[str]) ->
     return sorted(selected)
 
 
-def show_partition(ws: Workspace, stage: str, partition_id: str) -> dict[str, Any]:
-    """Return everything about one partition (paths relative to the project root)."""
+def show_partition(ws: Workspace, stage: str, partition_id: str, agent: str | None = None) -> dict[str, Any]:
+    """Return everything about one partition (paths relative to the project root), judged for `agent`."""
     stage_name = ws.project.stage(stage).name
     partition = ws.partitions.get(stage_name, partition_id)
-    planner = Planner(ws)
+    planner = Planner(ws, agent)
     state = planner.state(stage_name, partition_id)
     out_dir = ws.root / partition.out_dir
     attempts = []

@@ -14,10 +14,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from orch.errors import StageBlocked
+from orch.errors import StageBlocked, UsageError, did_you_mean
 from orch.expect import Finding, check_outputs
 from orch.partitions import Partition
-from orch.project import AgentConfig, Stage
+from orch.project import CONFIG_NAME, AgentConfig, Project, Stage
 from orch.state import (
     STAGING_NAME,
     Manifest,
@@ -57,6 +57,9 @@ class PartitionState:
         findings: Expect-rule failures of the promoted outputs (incomplete).
         last_error: The latest failed attempt's error record, if any.
         waiting_on: Upstream partitions that are not complete.
+        kept: Why a run leaves these outputs alone although the chosen agent
+            would redo them (real outputs are never replaced by the rehearsal
+            agent without --force); None otherwise.
     """
 
     partition: Partition
@@ -68,6 +71,7 @@ class PartitionState:
     findings: tuple[Finding, ...] = ()
     last_error: dict[str, Any] | None = None
     waiting_on: tuple[ChildKey, ...] = field(default=())
+    kept: str | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -75,26 +79,62 @@ class PartitionState:
         return self.status is Status.COMPLETE
 
 
+AGENT_ENV = "ORCH_AGENT"
+REHEARSAL = "rehearsal"
+
+
+def choose_agent_override(
+    project: Project, flag: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """Return the run-wide agent override every command honours, or None.
+
+    The one rule (README "Configure a real agent"): a stage runs with
+    `--agent NAME` if given, else `$ORCH_AGENT` if set and not empty, else its
+    own `agent:` in orch.yaml, else `agents.default`. This function decides the
+    first two; `Planner.agent_for` applies the rest.
+
+    Raises:
+        UsageError: the name is not an agent of orch.yaml (with the nearest name).
+    """
+    source = ""
+    name = flag
+    if not name:
+        name = ((os.environ if environ is None else environ).get(AGENT_ENV) or "").strip() or None
+        source = f"{AGENT_ENV}: "
+    if name is None:
+        return None
+    if name not in project.agents:
+        raise UsageError(
+            f"{source}unknown agent '{name}'{did_you_mean(name, project.agents)}",
+            f"agents in {CONFIG_NAME}: {', '.join(project.agents)}",
+        )
+    return name
+
+
 class Planner:
     """Assesses partitions of a workspace, memoizing per stage.
 
     Args:
         workspace: The loaded project.
-        agent_override: Agent name replacing every stage's agent (`--agent`).
+        agent_override: Agent name replacing every stage's agent (`--agent`);
+            None falls back to `$ORCH_AGENT` (see `choose_agent_override`).
         deep: Re-check output contents in full (barrier); otherwise trust
             promoted files whose size and mtime are unchanged.
+
+    Raises:
+        UsageError: the override names no agent of orch.yaml.
     """
 
     def __init__(self, workspace: Workspace, agent_override: str | None = None, deep: bool = False) -> None:
         self.ws = workspace
-        self.agent_override = agent_override
+        self.agent_override = choose_agent_override(workspace.project, agent_override)
         self.deep = deep
         self._states: dict[str, dict[str, PartitionState]] = {}
         self._listings: dict[str, dict[str, list[str]]] = {}
         self._attempted: dict[str, set[str]] = {}
 
     def agent_for(self, stage: Stage) -> AgentConfig:
-        """Return the agent a stage runs with (the override, the stage's, or default)."""
+        """Return the agent a stage runs with: the override, the stage's, or the default."""
         return self.ws.project.agent(self.agent_override or stage.agent)
 
     def stage_states(self, name: str) -> list[PartitionState]:
@@ -173,29 +213,7 @@ class Planner:
         prompt = self.ws.render(partition, manifests)
         fingerprint = self.ws.fingerprint(partition, prompt, agent, manifests)
         if manifest is not None:
-            if manifest.fingerprint != fingerprint.value:
-                return PartitionState(
-                    partition,
-                    Status.STALE,
-                    stale_reason(manifest, fingerprint, partition, stage),
-                    manifest,
-                    fingerprint,
-                    prompt,
-                )
-            findings = check_outputs(
-                out_dir, stage.expect, self.ws.schemas, None if self.deep else manifest.known_outputs()
-            )
-            if findings:
-                return PartitionState(
-                    partition,
-                    Status.INCOMPLETE,
-                    f"incomplete: {findings[0]}",
-                    manifest,
-                    fingerprint,
-                    prompt,
-                    tuple(findings),
-                )
-            return PartitionState(partition, Status.COMPLETE, "complete", manifest, fingerprint, prompt)
+            return self._judge(partition, stage, agent, manifest, fingerprint, prompt, manifests)
         if exists:
             return PartitionState(
                 partition,
@@ -218,6 +236,73 @@ class Planner:
                 last_error=error,
             )
         return PartitionState(partition, Status.MISSING, "missing", None, fingerprint, prompt)
+
+    def _judge(
+        self,
+        partition: Partition,
+        stage: Stage,
+        agent: AgentConfig,
+        manifest: Manifest,
+        fingerprint: Fingerprint,
+        prompt: str,
+        manifests: Mapping[ChildKey, Manifest | None],
+    ) -> PartitionState:
+        """Judge promoted outputs: complete, stale, incomplete, failed since, or kept.
+
+        Outputs a real agent made are judged against that agent's fingerprint
+        when the rehearsal agent is chosen, and kept (never replaced) either way.
+        """
+        maker_name = str(manifest.agent.get("name", "?"))
+        kept = None
+        compare = fingerprint
+        if agent.backend == REHEARSAL and manifest.agent.get("backend", REHEARSAL) != REHEARSAL:
+            kept = (
+                f"made by agent {maker_name}; the rehearsal agent {agent.name} does not replace "
+                "real outputs (use --force)"
+            )
+            maker = self.ws.project.agents.get(maker_name)
+            if maker is not None and maker.backend != REHEARSAL:
+                compare = self.ws.fingerprint(partition, prompt, maker, manifests)
+        findings: tuple[Finding, ...] = ()
+        if manifest.fingerprint != compare.value:
+            reason = stale_reason(manifest, compare, partition, stage)
+            status = Status.STALE
+        else:
+            found = check_outputs(
+                f"{self.ws.root}/{partition.out_dir}",
+                stage.expect,
+                self.ws.schemas,
+                None if self.deep else manifest.known_outputs(),
+            )
+            status, findings = (Status.INCOMPLETE, tuple(found)) if found else (Status.COMPLETE, ())
+            reason = f"incomplete: {found[0]}" if found else "complete"
+        failure = self._failed_since(partition, manifest)
+        if failure is not None and status in (Status.COMPLETE, Status.STALE):
+            status, findings = Status.FAILED, ()
+            reason = (
+                f"failed in attempt {failure.get('n', '?')} with agent {failure.get('agent')}: "
+                f"{failure.get('error', 'unknown error')} (the outputs in place are attempt "
+                f"{manifest.attempt}'s, by agent {maker_name})"
+            )
+        if kept is not None:
+            reason = kept if status is Status.COMPLETE else f"{reason}; kept: {kept}"
+        return PartitionState(
+            partition, status, reason, manifest, fingerprint, prompt, findings, failure, kept=kept
+        )
+
+    def _failed_since(self, partition: Partition, manifest: Manifest) -> dict[str, Any] | None:
+        """The error of a newer attempt by another agent than the outputs' maker, if the latest failed.
+
+        That is an override run (`--agent X`) that failed where other outputs
+        stood: the partition shows as failed, not as the older outputs' status.
+        """
+        archived = self.archived(partition)
+        if not archived or archived[-1][0] <= manifest.attempt:
+            return None
+        error = read_error(Path(archived[-1][1]))
+        if not error or error.get("outcome") != "failed" or not error.get("agent"):
+            return None
+        return error if error["agent"] != manifest.agent.get("name") else None
 
     def _listing(self, parent: str) -> dict[str, list[str]]:
         """Map directory name -> staging attempt numbers, and "" -> names present."""

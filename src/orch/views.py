@@ -129,7 +129,9 @@ def print_json(console: Any, data: Any) -> None:
 
 
 def plan_action(state: PartitionState) -> str:
-    """Return what `orch stage run` would do: run, skip, wait or held."""
+    """Return what `orch stage run` would do: run, skip, wait, held or kept."""
+    if state.kept is not None:
+        return "kept"
     if state.status is Status.COMPLETE:
         return "skip"
     if state.status is Status.RUNNING:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from orch.backends import fingerprint_settings
-from orch.blueprints import Blueprint, load_blueprint, render_blueprint
+from orch.blueprints import Blueprint, check_blueprint_path, load_blueprint, render_blueprint
 from orch.errors import BlueprintError
 from orch.expect import SchemaStore
 from orch.partitions import Partition, PartitionIndex
@@ -58,6 +60,27 @@ class Fingerprint:
         }
 
 
+#: Largest upstream output file `child.read()` inlines into a prompt: 16 MiB.
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+
+
+def _read_input(directory: Path, name: str) -> str:
+    """Read `directory/name`: a regular UTF-8 file inside `directory`, at most MAX_INPUT_BYTES."""
+    base = directory.resolve()
+    path = (directory / name).resolve()
+    if base not in path.parents:
+        raise ValueError("the file lies outside the partition directory")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = file.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise ValueError(f"larger than {MAX_INPUT_BYTES:,} bytes, the bound for inlining an input")
+    # newlines translated as text mode does, as before: prompts stay byte-identical
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
 class InputView:
     """One upstream partition as a blueprint sees it in `INPUTS`.
 
@@ -84,16 +107,19 @@ class InputView:
         """Return the text of output file `name` (to inline it in a prompt).
 
         In preview mode (inputs not complete yet) returns a labelled placeholder.
+        The file must be a regular file inside the partition directory (symlinks
+        resolved) of at most MAX_INPUT_BYTES; a FIFO or device is refused, never
+        waited on.
 
         Raises:
-            BlueprintError: the file does not exist or is not UTF-8 text.
+            BlueprintError: the file does not exist, lies outside the partition
+                directory, is not a regular file, is too big, or is not UTF-8 text.
         """
         if self._preview:
             return f"[contents of {name} from {self.stage}/{self.id}: not written yet]"
-        path = self._root / self.out_dir / name
         try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
+            return _read_input(self._root / self.out_dir, str(name))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
             raise BlueprintError(
                 f"INPUTS: cannot read {name!r} of partition {self.id} (stage {self.stage}): "
                 f"{getattr(err, 'strerror', None) or err}",
@@ -117,6 +143,24 @@ class Workspace:
         self.schemas = SchemaStore(project.root)
         self._blueprints: dict[str, Blueprint] = {}
         self._hashes: dict[Any, str] = {}
+
+    def check(self) -> None:
+        """Run the load-time checks every command that plans or runs shares.
+
+        Loads every stage's partitions (ids, rows, output directories strictly
+        inside data/ and never nested in one another, across all stages),
+        checks blueprint paths stay inside the project, and loads every schema
+        an expect rule names, resolving its `$ref`s. Writes nothing.
+
+        Raises:
+            ConfigError: the first problem found, naming file and line or row.
+        """
+        for name, stage in self.project.stages.items():
+            check_blueprint_path(self.root, stage.blueprint)
+            self.partitions.for_stage(name)
+            for rule in stage.expect:
+                if rule.schema:
+                    self.schemas.validator(rule.schema)
 
     def blueprint(self, stage: Stage) -> Blueprint:
         """Return the stage's parsed blueprint (read once per workspace)."""
