@@ -120,7 +120,7 @@ class AttemptResult:
             Not proof of completeness: the expect rules decide that.
         error: One line saying what went wrong, for notes and manifests.
         error_class: `timeout`, `exit`, `agent_error`, `http_429`, `http_5xx`,
-            `interrupted` or `checks` (see `orch.project.RETRY_CLASSES`).
+            `request_error`, `interrupted` or `checks` (see `orch.project.RETRY_CLASSES`).
         exit_code: The process exit code, for the command backend.
         usage: Tokens and cost, when known.
         retry_after_s: A server's Retry-After, honoured by the backoff.
