@@ -123,7 +123,12 @@ class PlanSummary:
     @property
     def line(self) -> str:
         """E.g. "2 to run · 53 up to date · est. $0.40", or "... · no cost history for agent x"."""
-        words = {"run": "to run", "wait": "waiting for inputs", "held": "held by another run"}
+        words = {
+            "run": "to run",
+            "wait": "waiting for inputs",
+            "held": "held by another run",
+            "kept": "kept (made by a real agent)",
+        }
         parts = [f"{n} {words[a]}" for a, n in self.actions.items() if a != "skip" and n]
         parts = parts or ["nothing to run"]
         parts.append(f"{self.actions.get('skip', 0)} up to date")
@@ -154,7 +159,7 @@ def plan_summary(
 
     planner = Planner(ws, agent)
     planned = plan_stages(ws, stage, agent, only, planner)
-    actions = {"run": 0, "wait": 0, "held": 0, "skip": 0}
+    actions = {"run": 0, "wait": 0, "held": 0, "kept": 0, "skip": 0}
     for _, states in planned:
         for state in states:
             actions[plan_action(state)] += 1
