@@ -181,3 +181,24 @@ def test_snapshot_is_the_read_model(project: Project):
         ("item02", "complete"),
         ("item03", "complete"),
     ]
+
+
+def test_ctrl_c_while_run_waits_ends_the_agents_and_raises(project: Project):
+    import _thread
+
+    project.script({"default": {"action": "hang"}})
+    opened = orch.open_project(project.root)
+    staging = project.root / "data" / "work"
+    seen: list[int] = []
+
+    def interrupt_once_started() -> None:
+        files = wait_until(lambda: [p for p in staging.glob(".*.attempt-*/pids.txt") if p.read_text()])
+        seen.extend(int(pid) for pid in files[0].read_text().split())
+        _thread.interrupt_main()  # what Jupyter's interrupt button does
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        opened.run("work", max_parallel=1)
+    assert len(seen) == 2
+    wait_until(lambda: all(is_gone(pid) for pid in seen), timeout_s=15)
+    assert list(opened.events())[-1].get("interrupted") is True
