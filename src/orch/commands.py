@@ -35,7 +35,7 @@ from orch.workspace import ChildKey, Workspace
 
 if TYPE_CHECKING:
     from orch.runlog import EventSink
-    from orch.scheduler import RunSummary
+    from orch.scheduler import RunSummary, Scheduler
 
 
 def list_stages(ws: Workspace) -> list[dict[str, Any]]:
@@ -373,7 +373,45 @@ def _resume_hint(again: Invocation, unfinished: list[str], label: str) -> str:
     return f"{label}{again.line()}"
 
 
-def run_stages(
+def run_stages(ws: Workspace, stages: list[str], **options: Any) -> RunResult:
+    """Run `stages` (upstream first) and check their barriers; see `prepare_run`.
+
+    Drives the run with `asyncio.run` in this thread (no signal handlers of its own).
+    """
+    prepared = prepare_run(ws, stages, **options)
+    if isinstance(prepared, RunResult):
+        return prepared
+    import asyncio
+
+    return asyncio.run(prepared.run())
+
+
+@dataclass
+class PreparedRun:
+    """A run that passed every check before it writes anything: await `run()`.
+
+    `stop()` (on the loop's thread) stops starting partitions and ends the
+    running agents, as Ctrl-C does; `run()` then returns the interrupted result.
+    """
+
+    scheduler: Scheduler
+    reporter: EventSink | None = None
+
+    async def run(self) -> RunResult:
+        """Run it; return what it did (never raises for a failed partition)."""
+        try:
+            summary = await self.scheduler.run()
+        finally:
+            if self.reporter is not None and hasattr(self.reporter, "close"):
+                self.reporter.close()
+        return RunResult(summary=summary, barriers=summary.barriers)
+
+    def stop(self) -> None:
+        """Stop the run: no new partitions; running agents are terminated and recorded."""
+        self.scheduler.stop()
+
+
+def prepare_run(
     ws: Workspace,
     stages: list[str],
     *,
@@ -386,8 +424,11 @@ def run_stages(
     wait_locks: float = 0.0,
     dry_run: bool = False,
     sinks_factory: Callable[[], EventSink] | None = None,
-) -> RunResult:
-    """Run `stages` (upstream first) and check their barriers.
+) -> PreparedRun | RunResult:
+    """Check a run of `stages` (upstream first) and set it up; a dry run returns its plan.
+
+    Returns:
+        A `PreparedRun` to await, or for `dry_run` a `RunResult` with `dry_run` set.
 
     Raises:
         ConfigError / BlueprintError: before anything runs, if any prompt in
@@ -418,8 +459,6 @@ def run_stages(
     from orch.preflight import check_agents, raise_for_problems, run_scope
 
     raise_for_problems(check_agents(ws.project, run_scope(planner, names, only, retry_failed, force)))
-    import asyncio
-
     from orch.scheduler import RunOptions, Scheduler
 
     options = RunOptions(
@@ -433,17 +472,20 @@ def run_stages(
         wait_locks_s=wait_locks,
     )
     reporter = sinks_factory() if sinks_factory else None
-    scheduler = Scheduler(ws, options, [reporter] if reporter else [])
-    try:
-        summary = asyncio.run(scheduler.run())
-    finally:
-        if reporter is not None and hasattr(reporter, "close"):
-            reporter.close()
-    return RunResult(summary=summary, barriers=summary.barriers)
+    return PreparedRun(Scheduler(ws, options, [reporter] if reporter else []), reporter)
 
 
 def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options: Any) -> RunResult:
     """Run every stage between `from_` and `until` as one partition-level DAG."""
+    return run_stages(ws, pipeline_stages(ws, until, from_), **options)
+
+
+def pipeline_stages(ws: Workspace, until: str | None, from_: str | None) -> list[str]:
+    """Return the stages between `from_` and `until` (both optional), upstream first.
+
+    Raises:
+        UsageError: no stage lies between them.
+    """
     stages = list(ws.project.stages)
     if until:
         keep = _ancestors(ws, ws.project.stage(until).name)
@@ -453,7 +495,7 @@ def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options:
         stages = [s for s in stages if s in keep]
     if not stages:
         raise UsageError(f"no stages between --from {from_} and --until {until}")
-    return run_stages(ws, stages, **options)
+    return stages
 
 
 def _ancestors(ws: Workspace, name: str) -> set[str]:
