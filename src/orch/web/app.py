@@ -26,7 +26,7 @@ from orch.state import AGENT_LOG, ERROR, list_attempts, read_manifest
 from orch.web import pages
 from orch.workspace import Workspace
 
-WORKSPACE = web.AppKey("workspace", Workspace)
+WORKSPACE: web.AppKey[ProjectWatch] = web.AppKey("workspace")
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 STOPPING = web.AppKey("stopping", asyncio.Event)
 POLL_S = web.AppKey("poll_s", float)
@@ -34,6 +34,49 @@ POLL_S = web.AppKey("poll_s", float)
 HEARTBEAT_S = 15.0
 # How often an SSE stream that follows the newest run looks for a newer one (seconds).
 NEW_RUN_CHECK_S = 1.0
+
+
+class ProjectWatch:
+    """The loaded project, reloaded when orch.yaml, agents/ or references/ change.
+
+    A blueprint edited while the dashboard runs must show as stale, with its
+    diff, on the next page load. Each request stats those files (a few dozen
+    here); a config that fails to load (a half-saved file) keeps the previous one.
+    """
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.root = workspace.root
+        self.signature = self._signature()
+
+    def current(self) -> Workspace:
+        """Return the workspace, reloaded first if its input files changed."""
+        signature = self._signature()
+        if signature != self.signature:
+            from orch.project import load_project
+
+            try:
+                self.workspace = Workspace(load_project(self.root))
+            except OrchError:
+                return self.workspace
+            self.signature = signature
+        return self.workspace
+
+    def _signature(self) -> tuple[tuple[str, int, int], ...]:
+        found = []
+        for base in (self.root / "orch.yaml", self.root / "agents", self.root / "references"):
+            paths = [base] if not base.is_dir() else sorted(base.rglob("*"))
+            for path in paths:
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                found.append((str(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(found)
+
+
+async def _workspace(request: web.Request) -> Workspace:
+    return await asyncio.to_thread(request.app[WORKSPACE].current)
 
 
 def make_app(workspace: Workspace, poll_s: float = 0.1) -> web.Application:
@@ -44,7 +87,7 @@ def make_app(workspace: Workspace, poll_s: float = 0.1) -> web.Application:
         poll_s: Seconds between looks at events.jsonl once an SSE stream caught up.
     """
     app = web.Application()
-    app[WORKSPACE] = workspace
+    app[WORKSPACE] = ProjectWatch(workspace)
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.PackageLoader("orch.web", "templates"),
         autoescape=True,
@@ -76,7 +119,7 @@ def _render(request: web.Request, template: str, **context: Any) -> web.Response
 
 
 async def _snapshot(request: web.Request, run_id: str | None = None) -> Snapshot:
-    workspace = request.app[WORKSPACE]
+    workspace = await _workspace(request)
     try:
         return await asyncio.to_thread(take_snapshot, workspace, None, run_id)
     except OrchError as err:
@@ -89,7 +132,7 @@ async def _snapshot(request: web.Request, run_id: str | None = None) -> Snapshot
 async def overview(request: web.Request) -> web.Response:
     """Per-stage status bars, usage against budgets, barrier verdicts, run progress and ETA."""
     snap = await _snapshot(request)
-    data = await asyncio.to_thread(pages.overview, request.app[WORKSPACE], snap)
+    data = await asyncio.to_thread(pages.overview, request.app[WORKSPACE].workspace, snap)
     return _render(request, "overview.html", **data)
 
 
@@ -100,7 +143,7 @@ async def tree(request: web.Request) -> web.Response:
     stage = request.query.get("stage") or None
     total = sum(len(s.partitions) for s in snap.stages)
     as_grid = bool(status or stage or request.query.get("grid")) or total > pages.TREE_MAX_PARTITIONS
-    workspace = request.app[WORKSPACE]
+    workspace = request.app[WORKSPACE].workspace
     roots = [] if as_grid else await asyncio.to_thread(pages.fan_in_tree, workspace, snap)
     grids = pages.stage_grid(snap, stage, status) if as_grid else []
     return _render(
@@ -121,7 +164,7 @@ async def partition(request: web.Request) -> web.Response:
     """Prompt beside outputs (raw and rendered), status, findings, attempts, manifest, stale diff."""
     from orch.commands import show_partition
 
-    workspace = request.app[WORKSPACE]
+    workspace = await _workspace(request)
     stage, pid = request.match_info["stage"], request.match_info["partition"]
     try:
         data = await asyncio.to_thread(show_partition, workspace, stage, pid)
@@ -181,7 +224,7 @@ def _file_response(path: Path) -> web.StreamResponse:
 
 async def output_file(request: web.Request) -> web.StreamResponse:
     """One output file, looked up by name in the partition's manifest (nothing else is served)."""
-    workspace = request.app[WORKSPACE]
+    workspace = await _workspace(request)
     stage, pid, name = (request.match_info[k] for k in ("stage", "partition", "name"))
     try:
         out_dir = workspace.root / workspace.partitions.get(stage, pid).out_dir
@@ -202,7 +245,7 @@ def _is_inside(rel: str) -> bool:
 
 async def attempt_file(request: web.Request) -> web.StreamResponse:
     """The agent log or error record of one archived attempt, looked up in the attempt list."""
-    workspace = request.app[WORKSPACE]
+    workspace = await _workspace(request)
     stage, pid, n, name = (request.match_info[k] for k in ("stage", "partition", "n", "name"))
     attempts = {path.name: path for _, path in list_attempts(workspace.root, stage, pid)}
     allowed = {AGENT_LOG: AGENT_LOG, ERROR: ERROR}
