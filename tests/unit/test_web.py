@@ -157,6 +157,19 @@ def test_unknown_partition_and_run_are_404(ran: Project):
     assert get(ran, "/events?run=..")[0] == 404
 
 
+def test_a_new_event_refreshes_the_shared_snapshot(ran: Project):
+    async def body(client: TestClient[Any, Any]) -> tuple[str, str]:
+        before = await (await client.get("/tree")).text()
+        (ran.root / "data" / "work" / "item03" / "out.md").unlink()
+        with open(events_path(ran), "a") as handle:
+            handle.write(json.dumps({"ts": 9.0, "event": "cleaned"}) + "\n")
+        return before, await (await client.get("/tree")).text()
+
+    before, after = with_client(ran, body)
+    assert 'data-key="work/item03" data-status="complete"' in before
+    assert 'data-key="work/item03" data-status="incomplete"' in after
+
+
 def test_only_get_routes(ran: Project):
     async def body(client: TestClient[Any, Any]) -> list[int]:
         return [(await client.request(m, "/")).status for m in ("POST", "PUT", "DELETE")]

@@ -24,16 +24,19 @@ from orch.observe.events import READ_CHUNK_BYTES, EventName, EventReader, latest
 from orch.observe.snapshot import Snapshot, take_snapshot
 from orch.state import AGENT_LOG, ERROR, list_attempts, read_manifest
 from orch.web import pages
+from orch.web.cache import SnapshotCache
 from orch.workspace import Workspace
 
 WORKSPACE: web.AppKey[ProjectWatch] = web.AppKey("workspace")
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 STOPPING = web.AppKey("stopping", asyncio.Event)
+SNAPSHOTS = web.AppKey("snapshots", SnapshotCache)
 POLL_S = web.AppKey("poll_s", float)
 # A comment line keeps idle SSE connections alive through proxies (seconds).
 HEARTBEAT_S = 15.0
-# How often an SSE stream that follows the newest run looks for a newer one (seconds).
-NEW_RUN_CHECK_S = 1.0
+# How often an SSE stream that follows the newest run lists runs for a newer one,
+# besides at once when wip/runs' mtime changes (seconds).
+NEW_RUN_CHECK_S = 5.0
 
 
 class ProjectWatch:
@@ -94,6 +97,7 @@ def make_app(workspace: Workspace, poll_s: float = 0.1) -> web.Application:
         undefined=jinja2.StrictUndefined,
     )
     app[STOPPING] = asyncio.Event()
+    app[SNAPSHOTS] = SnapshotCache()
     app[POLL_S] = poll_s
     app.on_shutdown.append(_stop_streams)
     app.router.add_get("/", overview)
@@ -120,6 +124,8 @@ def _render(request: web.Request, template: str, **context: Any) -> web.Response
 
 async def _snapshot(request: web.Request, run_id: str | None = None) -> Snapshot:
     workspace = await _workspace(request)
+    if run_id is None:
+        return await request.app[SNAPSHOTS].get(workspace)
     try:
         return await asyncio.to_thread(take_snapshot, workspace, None, run_id)
     except OrchError as err:
@@ -301,6 +307,7 @@ async def _stream(
     reader = EventReader(path, offset) if path is not None else None
     await response.write(f"retry: 1000\nevent: hello\ndata: {json.dumps({'run_id': run_id})}\n\n".encode())
     last_write = last_check = time.monotonic()
+    seen_mtime = _mtime_ns(root / "wip" / "runs")
     while not stopping.is_set():
         batch = reader.read(max_bytes=READ_CHUNK_BYTES) if reader is not None else []
         for event in batch:
@@ -313,8 +320,10 @@ async def _stream(
         if batch:
             continue
         now = time.monotonic()
-        if not pinned and now - last_check >= NEW_RUN_CHECK_S:
-            last_check = now
+        runs_mtime = _mtime_ns(root / "wip" / "runs")
+        if not pinned and (runs_mtime != seen_mtime or now - last_check >= NEW_RUN_CHECK_S):
+            # a new run directory changes wip/runs' mtime: one stat per poll finds it at once
+            last_check, seen_mtime = now, runs_mtime
             newest = await asyncio.to_thread(_run_path, root, None)
             if newest is not None and newest[0] != run_id:
                 await response.write(f"event: run\ndata: {json.dumps({'run_id': newest[0]})}\n\n".encode())
@@ -334,6 +343,13 @@ def _run_path(root: Path, run_id: str | None) -> tuple[str, Path] | None:
     if "/" in run_id or run_id in ("", ".", "..") or not run_dir.is_dir():
         return None
     return run_id, run_dir / "events.jsonl"
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _offset(value: str | None) -> int:
