@@ -721,6 +721,29 @@ def clean(ctx: Context, older_than: str | None, keep: int | None, dry_run: bool)
 # -- entry point --------------------------------------------------------------------
 
 
+@cli.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback only by default)."
+)
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one."
+)
+@pass_ctx
+def serve(ctx: Context, host: str, port: int) -> None:
+    """Read-only web dashboard over the project's files (GET only; no writes, no locks)."""
+    from orch.web.app import serve as serve_app
+
+    def ready(url: str) -> None:
+        click.echo(f"orch serve: dashboard at {url} (Ctrl-C to stop)", err=True)
+
+    try:
+        serve_app(ctx.workspace(), host, port, on_ready=ready)
+    except OSError as err:
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {err.strerror or err}", "pick another --port"
+        ) from err
+
+
 def exit_code_for(error: BaseException) -> int:
     """Return the exit code of an error (the one mapping, see EXIT_CODES)."""
     for kind, code in EXIT_CODES:
