@@ -16,6 +16,7 @@ from typing import Any
 
 from orch.errors import StageBlocked
 from orch.expect import Finding, check_outputs
+from orch.integrity import find_modified
 from orch.partitions import Partition
 from orch.project import AgentConfig, Stage
 from orch.state import (
@@ -39,6 +40,7 @@ class Status(Enum):
     COMPLETE = "complete"
     FAILED = "failed"
     INCOMPLETE = "incomplete"
+    MODIFIED = "modified"
     STALE = "stale"
 
 
@@ -54,7 +56,8 @@ class PartitionState:
         manifest: Its manifest if the directory holds a valid one.
         fingerprint: The current fingerprint; None while inputs are not complete.
         prompt: The current rendered prompt; None while inputs are not complete.
-        findings: Expect-rule failures of the promoted outputs (incomplete).
+        findings: Expect-rule failures of the promoted outputs (incomplete), or
+            outputs that no longer match the manifest (modified).
         last_error: The latest failed attempt's error record, if any.
         waiting_on: Upstream partitions that are not complete.
     """
@@ -194,6 +197,17 @@ class Planner:
                     fingerprint,
                     prompt,
                     tuple(findings),
+                )
+            changed = find_modified(out_dir, manifest.outputs, self.deep)
+            if changed:
+                return PartitionState(
+                    partition,
+                    Status.MODIFIED,
+                    f"modified: {changed[0].file}: {changed[0].detail}",
+                    manifest,
+                    fingerprint,
+                    prompt,
+                    tuple(changed),
                 )
             return PartitionState(partition, Status.COMPLETE, "complete", manifest, fingerprint, prompt)
         if exists:
