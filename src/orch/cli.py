@@ -2,7 +2,7 @@
 
 Exit codes (DESIGN.md §7): 0 all good · 1 unexpected error · 2 bad usage,
 config or blueprint · 3 some partitions failed · 4 barrier not met ·
-130 interrupted. They are assigned in `EXIT_CODES`, nowhere else.
+129 hung up (SIGHUP) · 130 interrupted. They are assigned in `EXIT_CODES`, nowhere else.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from orch.errors import (
     BarrierNotMet,
     ConfigError,
+    HungUp,
     Interrupted,
     OrchError,
     PartitionsFailed,
@@ -31,6 +32,7 @@ from orch.errors import (
 )
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (HungUp, 129),
     (Interrupted, 130),
     (BarrierNotMet, 4),
     (StageBlocked, 4),

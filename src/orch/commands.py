@@ -18,6 +18,7 @@ from orch.errors import (
     BarrierNotMet,
     BlueprintError,
     ConfigError,
+    HungUp,
     Interrupted,
     PartitionsFailed,
     UsageError,
@@ -226,10 +227,15 @@ class RunResult:
         )
 
     def raise_for_status(self) -> None:
-        """Raise the error that sets the exit code: 130, 3, 4 or none."""
+        """Raise the error that sets the exit code: 129, 130, 3, 4 or none."""
         summary = self.summary
         if summary is None:
             return
+        if summary.interrupted and summary.stop_signal == "SIGHUP":
+            raise HungUp(
+                "run stopped by SIGHUP (its terminal closed); running agents were terminated and recorded",
+                "run the same command again to resume (under nohup, tmux or screen to outlive the terminal)",
+            )
         if summary.interrupted:
             raise Interrupted(
                 "run interrupted; running agents were terminated and recorded",

@@ -50,6 +50,8 @@ from orch.state import (
 )
 from orch.workspace import ChildKey, Workspace
 
+#: Signals that stop a run: agents are ended and partitions recorded as interrupted.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Outcomes that leave the partition complete.
 DONE = frozenset({"complete", "up-to-date"})
 
@@ -108,6 +110,7 @@ class RunSummary:
     run_id: str
     outcomes: list[Outcome] = field(default_factory=list)
     interrupted: bool = False
+    stop_signal: str | None = None
     halted: str | None = None
     events_path: Path | None = None
     duration_s: float = 0.0
@@ -162,6 +165,7 @@ class Scheduler:
         self._global: asyncio.Semaphore | None = None
         self._halted: str | None = None
         self._stopping = False
+        self._stop_signal: str | None = None
         self._failed_count = 0
         self._scheduled = 0
         self._cost_run = 0.0
@@ -223,6 +227,7 @@ class Scheduler:
             await self.executor.aclose()
             self._fs.shutdown(wait=True)
         summary.interrupted = self._stopping
+        summary.stop_signal = self._stop_signal
         summary.halted = self._halted or next(
             (o.reason for o in summary.outcomes if o.status == "halted"), None
         )
@@ -250,12 +255,18 @@ class Scheduler:
     # -- signals ----------------------------------------------------------------
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP (a closed terminal) stops the run like SIGTERM; the exit code tells them apart
+        for sig in _STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self._stopping:
+            self._stop_signal = sig.name
+        self.stop()
 
     def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
 

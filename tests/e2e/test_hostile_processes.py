@@ -193,3 +193,22 @@ def test_the_barrier_finds_a_same_size_change_by_hash(make_project):
         "rule": "modified",
         "detail": "sha256 differs from the manifest",
     }
+
+
+def test_sighup_ends_agents_like_sigterm_and_exits_129(make_project):
+    project = make_project(n_items=2)
+    project.script({"default": {"action": "daemon", "how": "setsid", "then": "hang"}})
+    proc = project.popen("stage", "run", "work")
+    wait_until(lambda: len(daemon_pids(project)) == 2, what="both writers to start")
+
+    proc.send_signal(signal.SIGHUP)
+    _out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 129, err
+    assert "error: run stopped by SIGHUP (its terminal closed); running agents were terminated" in err
+    assert not any(is_alive(p) for p in daemon_pids(project))
+    assert not any(is_alive(i["pid"]) for i in project.invocations())
+    assert sorted(e["partition"] for e in events(project, "interrupted")) == ["item01", "item02"]
+    for partition in ("item01", "item02"):
+        error = project.root / "wip/attempts/work" / partition / "1/.orch/error.json"
+        assert json.loads(error.read_text())["outcome"] == "interrupted"
