@@ -530,6 +530,8 @@ class Scheduler:
                     partition, stage, agent, state, number, why if index == 0 else "retry", prepared
                 )
                 number = staging_number(staging)
+                if result.ok:
+                    result = self._verify_lock(partition, lock, result)
                 # budgets and --halt-on must see this attempt before its slot goes
                 # to the next partition
                 self._add_cost(stage, result.usage)
@@ -689,6 +691,33 @@ class Scheduler:
                 )
         return result, staging, outputs
 
+    def _verify_lock(self, partition: Partition, lock: PartitionLock, result: AttemptResult) -> AttemptResult:
+        """Before promotion: is the lock file still ours? Say so if it was deleted.
+
+        The name lock kept other runs out meanwhile, so a restored lock keeps the
+        attempt; a new lock file taken by another process fails it (class `lock`).
+        """
+        check = lock.verify()
+        if check == "ok":
+            return result
+        where = f"wip/locks/{partition.stage}/{partition.id}.lock"
+        if check == "restored":
+            message = f"{where} was deleted during the run; the second lock held, a new lock file is in place"
+        else:
+            message = f"{where} was deleted during the run and another process locked the new one"
+        self.log.emit(
+            "lock_file_lost", stage=partition.stage, partition=partition.id, outcome=check, message=message
+        )
+        if check == "restored":
+            return result
+        return AttemptResult(
+            False,
+            f"{message}; not promoted (rerun once the other run has finished)",
+            "lock",
+            result.exit_code,
+            result.usage,
+        )
+
     def _manifest(
         self,
         partition: Partition,
@@ -785,7 +814,7 @@ class Scheduler:
         )
 
     def _is_retryable(self, stage: Stage, result: AttemptResult) -> bool:
-        if self._stopping:
+        if self._stopping or result.error_class == "lock":
             return False
         if stage.retry_on is None:
             return True

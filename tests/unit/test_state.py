@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -365,3 +366,47 @@ def test_promote_many_commits_a_batch_and_isolates_a_failing_item(tmp_path: Path
         assert read_manifest(tmp_path / "data" / pid).partition == pid
         assert (tmp_path / "data" / pid / "out.md").read_text() == f"## Result {pid}\n"
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["p1", "p2"]
+
+
+def test_a_held_lock_survives_its_deleted_lock_file(tmp_path: Path):
+    first = PartitionLock(tmp_path, "research", "p1")
+    assert first.try_acquire() is True
+    try:
+        shutil.rmtree(tmp_path / "wip")
+        second = PartitionLock(tmp_path, "research", "p1")
+        assert second.try_acquire() is False  # the name lock still excludes
+        assert is_locked(tmp_path, "research", "p1")
+        assert first.verify() == "restored"
+        assert (tmp_path / "wip/locks/research/p1.lock").exists()
+        assert first.verify() == "ok"
+        assert second.try_acquire() is False
+    finally:
+        first.release()
+    assert second.try_acquire() is True
+    second.release()
+
+
+def test_verify_reports_a_lock_file_another_process_took(tmp_path: Path):
+    import filelock
+
+    first = PartitionLock(tmp_path, "research", "p1")
+    assert first.try_acquire() is True
+    try:
+        (tmp_path / "wip/locks/research/p1.lock").unlink()
+        old_orch = filelock.FileLock(str(tmp_path / "wip/locks/research/p1.lock"), is_singleton=False)
+        old_orch.acquire(timeout=0)  # an orch without name locks takes the new file
+        try:
+            assert first.verify() == "lost"
+        finally:
+            old_orch.release()
+    finally:
+        first.release()
+
+
+def test_is_locked_sees_the_name_lock_without_a_lock_file(tmp_path: Path):
+    lock = PartitionLock(tmp_path, "research", "p1")
+    assert lock.try_acquire() is True
+    (tmp_path / "wip/locks/research/p1.lock").unlink()
+    assert is_locked(tmp_path, "research", "p1")
+    lock.release()
+    assert not is_locked(tmp_path, "research", "p1")
