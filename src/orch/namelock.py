@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import socket
@@ -69,4 +70,10 @@ class NameLock:
 
 def lock_key(root: str, stage: str, partition: str) -> str:
     """The key of a partition's name lock: real project root, stage and partition."""
-    return "\0".join((os.path.realpath(root), stage, partition))
+    return "\0".join((_real_root(root), stage, partition))
+
+
+@functools.lru_cache(maxsize=4)
+def _real_root(root: str) -> str:
+    # one realpath per project, not per partition (0.06 ms each in bench/fanout.py)
+    return os.path.realpath(root)

@@ -2,21 +2,27 @@
 
 What is guaranteed where:
 
-- Linux with `PR_SET_CHILD_SUBREAPER` (kernel 3.4+): orch and every agent are
-  subreapers, so an agent's descendants stay in its process tree however they
-  detach (`setsid`, double fork, a cleared environment), and fall to orch when
-  the agent exits. When an attempt ends (success, failure, timeout, Ctrl-C) its
-  whole tree is stopped (SIGSTOP, so nothing forks meanwhile) and SIGKILLed,
-  and orch waits until they are gone, before outputs are checked or promoted.
-- If orch dies (kill -9), the `Reaper` watchdog does the same to the trees of
-  the agents it was told about; if the reaper died too, the next run reads the
-  agent's pid record (`.orch/pids` in the staging directory) and kills that
-  tree before archiving the staging directory.
-- Everywhere with /proc, and when no subreaper can be set, processes whose
-  environment names the staging directory as ORCH_OUTPUT_DIR, or whose cwd or
-  open files lie inside it, are killed as well. Not covered: processes handed
-  to another service (systemd-run, at, ssh, a container daemon). Elsewhere
-  (no /proc) only the agent's process group is killed.
+- Linux (`PR_SET_CHILD_SUBREAPER`, kernel 3.4+): orch is a subreaper, so a
+  process that detaches from its agent (`setsid`, double fork, a cleared
+  environment) becomes orch's child instead of init's. When an attempt ends
+  (success, failure, timeout, Ctrl-C), every child of orch that is not a live
+  agent, nor marked (ORCH_OUTPUT_DIR, cwd or open files) as another running
+  attempt's, is stopped (SIGSTOP, so nothing forks meanwhile) and SIGKILLed
+  with its whole tree, and orch waits until they are gone, before outputs are
+  checked or promoted. The agent's process group is killed as before.
+- If orch dies (kill -9), the `Reaper` watchdog stops and kills the trees of
+  the agents it was told about, and processes whose environment names their
+  staging directories. If the reaper died too, the next run kills every
+  process whose environment names a dead staging directory, with its tree,
+  before archiving it. Not covered after a kill -9: a process that both left
+  its agent's tree and cleared its environment (orch's death handed it to init).
+- Without a subreaper (not Linux), the environment scan runs at every attempt end;
+  without /proc only the agent's process group is killed. Processes handed to
+  another service (systemd-run, at, ssh, a container daemon) are never covered.
+
+Making each agent a subreaper too (keeping its descendants in its own tree)
+needs a `preexec_fn`, which cost 7-20 ms wall per spawn here (fork instead of
+vfork): bench/fanout.py went from 6 to 30 ms per partition.
 """
 
 from __future__ import annotations
@@ -29,13 +35,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 #: prctl(2) option number (linux/prctl.h).
 _PR_SET_CHILD_SUBREAPER = 36
-#: The agent's pid record in its staging directory: "<pid> <starttime>" lines.
-PIDS_FILE = ".orch/pids"
 #: How long to wait for SIGKILLed processes to be gone (they die at once, barring
 #: uninterruptible I/O such as a hung network filesystem).
 _GONE_WAIT_S = 5.0
@@ -186,38 +190,30 @@ class Containment:
 
     def __init__(self) -> None:
         self.reaper = Reaper()
-        self._live: set[int] = set()
-        self._spawning = 0
-        self._idle: asyncio.Event | None = None
+        self._live: dict[int, bytes] = {}  # agent pid -> its staging directory
+        self._agents: set[int] = set()  # every agent started: asyncio reaps them, never orch
+        self._spawning: set[asyncio.Event] = set()
         self.is_subreaper = _prctl_subreaper()
 
     @contextlib.contextmanager
     def spawning(self) -> Iterator[None]:
-        """Wrap starting an agent until `started`: sweeps wait meanwhile.
+        """Wrap starting an agent until `started`: sweeps wait for it meanwhile.
 
         An agent forked but not yet recorded would look like a leftover.
         """
-        if self._idle is None:
-            self._idle = asyncio.Event()
-        self._spawning += 1
-        self._idle.clear()
+        done = asyncio.Event()
+        self._spawning.add(done)
         try:
             yield
         finally:
-            self._spawning -= 1
-            if not self._spawning:
-                self._idle.set()
-
-    def preexec(self) -> Callable[[], object] | None:
-        """The `preexec_fn` that makes an agent a subreaper (None where unsupported)."""
-        return _prctl_subreaper if self.is_subreaper else None
+            self._spawning.discard(done)
+            done.set()
 
     def started(self, staging: Path, pid: int) -> None:
-        """Record agent `pid` of `staging`: in `.orch/pids` and with the reaper."""
-        self._live.add(pid)
+        """Record agent `pid` of `staging`, here and with the reaper."""
+        self._live[pid] = os.fsencode(str(staging))
+        self._agents.add(pid)
         self.reaper.watch(staging, pid)
-        with contextlib.suppress(OSError), open(staging / PIDS_FILE, "a", encoding="ascii") as handle:
-            handle.write(f"{pid} {_start_time(pid)}\n")
 
     async def ended(self, staging: Path, pid: int) -> list[int]:
         """End whatever agent `pid` of `staging` left running; return the pids killed.
@@ -228,26 +224,43 @@ class Containment:
         touched: they are inside those agents' trees, not orch's children.
         """
         cancelled = False
-        while self._spawning and self._idle is not None:
+        roots = self._leftovers(pid)
+        if roots and self._spawning:  # some may be agents being started: let them be recorded
             try:
-                await asyncio.shield(self._idle.wait())
+                await asyncio.shield(asyncio.gather(*(done.wait() for done in self._spawning)))
             except asyncio.CancelledError:  # sweep anyway, then pass it on
                 cancelled = True
-                break
-        own = {pid, *self._live}
-        if self.reaper.pid:
-            own.add(self.reaper.pid)
-        roots = [p for p in _children(os.getpid()) if p not in own]
+            roots = [p for p in roots if p not in self._agents]
+        roots = [p for p in roots if not self._is_another_attempts(p, pid)]
         if _is_running(pid):  # the agent itself never outlives this call
             roots.append(pid)
-        killed = kill_tree(roots, spare={pid})
+        killed = kill_tree(roots, spare=self._agents)
         if not self.is_subreaper:
-            killed = sorted(set(killed) | set(_kill_marked(staging)))
-        self._live.discard(pid)
+            killed = sorted(set(killed) | set(kill_tree(_marked(staging), spare=self._agents)))
+        self._live.pop(pid, None)
         self.reaper.forget(staging, pid)
         if cancelled:
             raise asyncio.CancelledError
         return killed
+
+    def _leftovers(self, pid: int) -> list[int]:
+        """orch's children that are neither live agents (nor `pid`) nor the reaper."""
+        own = {pid, *self._live}
+        if self.reaper.pid:
+            own.add(self.reaper.pid)
+        return [p for p in _children(os.getpid()) if p not in own]
+
+    def _is_another_attempts(self, leftover: int, pid: int) -> bool:
+        """True if `leftover` points into the staging directory of a live agent but `pid`.
+
+        Such a process was orphaned by another attempt that is still running
+        (e.g. it double-forked a helper); that attempt's end takes it.
+        """
+        for agent, staging in self._live.items():
+            marker = b"\0ORCH_OUTPUT_DIR=" + staging + b"\0"
+            if agent != pid and _points_into(leftover, marker, staging):
+                return True
+        return False
 
     def close(self) -> None:
         """Let the reaper go (every agent has ended by now)."""
@@ -268,6 +281,8 @@ def kill_tree(roots: Iterable[int], spare: Iterable[int] = ()) -> list[int]:
     own = os.getpid()
     tree: set[int] = set()
     roots = {p for p in roots if p > 0 and p != own}
+    if not roots:
+        return []
     for _ in range(_FREEZE_ROUNDS):
         kids = _children_map()
         new = roots - tree
@@ -292,44 +307,33 @@ def kill_tree(roots: Iterable[int], spare: Iterable[int] = ()) -> list[int]:
 def kill_orphans(staging: Path) -> list[int]:
     """Kill what a dead run's attempt in `staging` left running (before archiving it).
 
-    The agent's tree from its pid record (`.orch/pids`, checked against the
-    process start time so a reused pid is spared), then any process whose
-    environment names `staging` as ORCH_OUTPUT_DIR or whose cwd or open files
-    lie inside it. Processes of other users, or that exit meanwhile, are skipped.
+    Every process whose environment names `staging` as ORCH_OUTPUT_DIR, with
+    its whole tree (so the agent takes along children that cleared their
+    environment). Not processes that merely have their cwd or a file there:
+    that may be a person's shell or pager. Processes of other users, or that
+    exit meanwhile, are skipped.
 
     Returns:
         The pids signalled, sorted.
     """
-    roots = []
-    with contextlib.suppress(OSError, ValueError):
-        for line in (staging / PIDS_FILE).read_text(encoding="ascii").splitlines():
-            pid_text, _, started = line.partition(" ")
-            pid = int(pid_text)
-            if started and _start_time(pid) == started:
-                roots.append(pid)
-    killed = set(kill_tree(roots)) if roots else set()
-    killed |= set(_kill_marked(staging))
-    return sorted(killed)
+    return kill_tree(_marked(staging), spare=_children(os.getpid()))
 
 
-def _kill_marked(staging: Path) -> list[int]:
-    """SIGKILL processes whose environ, cwd or open files point into `staging`."""
+def _marked(staging: Path) -> list[int]:
+    """Pids whose environment names `staging` as ORCH_OUTPUT_DIR (not orch itself)."""
     marker = b"\0ORCH_OUTPUT_DIR=" + os.fsencode(str(staging)) + b"\0"
-    inside = os.fsencode(str(staging))
     try:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return []
     own = os.getpid()
-    found = [pid for pid in pids if pid != own and _points_into(pid, marker, inside)]
-    for pid in found:
-        _signal(pid, signal.SIGKILL)
-    _wait_gone(set(found), set(_children(own)))
-    return sorted(found)
+    return [pid for pid in pids if pid != own and _points_into(pid, marker, None)]
 
 
-def _points_into(pid: int, marker: bytes, inside: bytes) -> bool:
-    def under(link: str) -> bool:
+def _points_into(pid: int, marker: bytes, inside: bytes | None) -> bool:
+    """True if `pid`'s environ holds `marker`, or its cwd or an open file is under `inside`."""
+
+    def under(link: str, inside: bytes) -> bool:
         try:
             target = os.readlink(os.fsencode(link))
         except OSError:
@@ -340,9 +344,11 @@ def _points_into(pid: int, marker: bytes, inside: bytes) -> bool:
         with open(f"/proc/{pid}/environ", "rb") as handle:
             if marker in b"\0" + handle.read():
                 return True
-        if under(f"/proc/{pid}/cwd"):
+        if inside is None:
+            return False
+        if under(f"/proc/{pid}/cwd", inside):
             return True
-        return any(under(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+        return any(under(f"/proc/{pid}/fd/{fd}", inside) for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return False
 
@@ -350,15 +356,9 @@ def _points_into(pid: int, marker: bytes, inside: bytes) -> bool:
 def _stat_fields(pid: int) -> list[bytes] | None:
     """Fields of /proc/<pid>/stat after the command name (field 3 onwards)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()
+        return _read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
-
-
-def _start_time(pid: int) -> str:
-    fields = _stat_fields(pid)
-    return fields[19].decode() if fields and len(fields) > 19 else ""
 
 
 def _is_running(pid: int) -> bool:
@@ -367,21 +367,27 @@ def _is_running(pid: int) -> bool:
 
 
 def _children(pid: int) -> list[int]:
-    """Children of every thread of `pid` (orphans may be re-parented to any thread)."""
-    found: list[int] = []
+    """Children of process `pid`'s main thread.
+
+    orch forks agents and the reaper from its main thread (the event loop's),
+    and the kernel re-parents orphans to a subreaper's first live thread, the
+    main one (find_alive_thread): one small read instead of a /proc scan.
+    """
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
+        return [int(p) for p in _read(f"/proc/{pid}/task/{pid}/children").split()]
+    except FileNotFoundError:  # kernel without CONFIG_PROC_CHILDREN
+        return _children_map().get(pid, [])
     except OSError:
         return []
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
-                found.extend(int(p) for p in handle.read().split())
-        except FileNotFoundError:  # kernel without CONFIG_PROC_CHILDREN
-            return _children_map().get(pid, [])
-        except OSError:
-            continue
-    return found
+
+
+def _read(path: str) -> bytes:
+    """Read a small /proc file (unbuffered: several times cheaper than `open`)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
 
 
 def _children_map() -> dict[int, list[int]]:

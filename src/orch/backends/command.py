@@ -274,7 +274,6 @@ class CommandBackend:
                         stderr=log,
                         env=env,
                         start_new_session=True,
-                        preexec_fn=contain.preexec(),
                     )
                     contain.started(spec.work_dir, proc.pid)
             except OSError as err:
