@@ -87,7 +87,7 @@ def check_barrier(
             complete += 1
             continue
         pid, status = state.partition.id, state.status.value
-        if state.status is Status.INCOMPLETE and state.findings:
+        if state.status in (Status.INCOMPLETE, Status.MODIFIED) and state.findings:
             entries.extend(BarrierEntry(pid, status, f.file, f.rule, f.detail) for f in state.findings)
         else:
             entries.append(BarrierEntry(pid, status, "-", status, state.reason))

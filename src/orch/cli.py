@@ -2,7 +2,7 @@
 
 Exit codes (DESIGN.md §7): 0 all good · 1 unexpected error · 2 bad usage,
 config or blueprint · 3 some partitions failed · 4 barrier not met ·
-130 interrupted. They are assigned in `EXIT_CODES`, nowhere else.
+129 hung up (SIGHUP) · 130 interrupted. They are assigned in `EXIT_CODES`, nowhere else.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from orch.errors import (
     BarrierNotMet,
     ConfigError,
+    HungUp,
     Interrupted,
     OrchError,
     PartitionsFailed,
@@ -31,6 +32,7 @@ from orch.errors import (
 )
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (HungUp, 129),
     (Interrupted, 130),
     (BarrierNotMet, 4),
     (StageBlocked, 4),
@@ -231,8 +233,9 @@ def run_all(ctx: Context, until: str | None, from_: str | None, **options: Any) 
 def _drive(prepared: Any) -> Any:
     """Run a prepared run on this process's event loop; return its `orch.records.RunReport`.
 
-    The CLI owns the process, so it alone installs the SIGINT/SIGTERM handlers
-    (they stop the run: agents are ended and recorded, exit 130) and the pidfd
+    The CLI owns the process, so it alone installs the SIGINT/SIGTERM/SIGHUP
+    handlers (they stop the run: agents are ended and recorded, exit 130; 129
+    for SIGHUP, a closed terminal) and the pidfd
     child watcher. A dry run's report passes through.
     """
     import asyncio
@@ -240,6 +243,8 @@ def _drive(prepared: Any) -> Any:
     import signal
 
     from orch.api import drive
+
+    STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     from orch.processes import use_pidfd_watcher
     from orch.records import RunReport
 
@@ -249,13 +254,13 @@ def _drive(prepared: Any) -> Any:
     async def with_signals() -> RunReport:
         loop = asyncio.get_running_loop()
         use_pidfd_watcher(loop)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, prepared.stop)
+                loop.add_signal_handler(sig, prepared.stop, sig.name)
         try:
             return await drive(prepared)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
 

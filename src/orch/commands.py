@@ -20,6 +20,7 @@ from orch.errors import (
     BarrierNotMet,
     BlueprintError,
     ConfigError,
+    HungUp,
     Interrupted,
     PartitionsFailed,
     UsageError,
@@ -312,7 +313,7 @@ class RunResult:
         )
 
     def raise_for_status(self) -> None:
-        """Raise the error that sets the exit code: 130, 3, 4 or none.
+        """Raise the error that sets the exit code: 129, 130, 3, 4 or none.
 
         Hints are commands built from `invocation`, to paste as printed.
         """
@@ -321,6 +322,12 @@ class RunResult:
             return
         again = self.invocation
         unfinished = [o.partition for o in summary.outcomes if o.status not in ("complete", "up-to-date")]
+        if summary.interrupted and summary.stop_signal == "SIGHUP":
+            raise HungUp(
+                "run stopped by SIGHUP (its terminal closed); running agents were terminated and recorded",
+                _resume_hint(again, unfinished, "resume with: ")
+                + " (under nohup, tmux or screen to outlive the terminal)",
+            )
         if summary.interrupted:
             raise Interrupted(
                 "run interrupted; running agents were terminated and recorded",
@@ -406,9 +413,13 @@ class PreparedRun:
                 self.reporter.close()
         return RunResult(summary=summary, barriers=summary.barriers)
 
-    def stop(self) -> None:
-        """Stop the run: no new partitions; running agents are terminated and recorded."""
-        self.scheduler.stop()
+    def stop(self, signal_name: str | None = None) -> None:
+        """Stop the run: no new partitions; running agents are terminated and recorded.
+
+        Args:
+            signal_name: The signal that asked for it (SIGHUP sets exit code 129).
+        """
+        self.scheduler.stop(signal_name)
 
 
 def prepare_run(

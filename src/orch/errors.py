@@ -9,6 +9,7 @@
     ├── PartitionsFailed        a run ended with partitions not complete (exit 3)
     ├── BarrierNotMet           outputs on disk fail their expect rules (exit 4)
     └── Interrupted             Ctrl-C / SIGTERM stopped a run (exit 130)
+        └── HungUp              SIGHUP (a closed terminal) stopped a run (exit 129)
 
 Exit codes are assigned in exactly one place, `orch.cli`.
 """
@@ -63,6 +64,10 @@ class BarrierNotMet(OrchError):
 
 class Interrupted(OrchError):
     """A run was interrupted by Ctrl-C or SIGTERM."""
+
+
+class HungUp(Interrupted):
+    """A run was stopped by SIGHUP (its terminal closed); handled like SIGTERM."""
 
 
 def did_you_mean(name: str, choices: object) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from orch.backends import AttemptResult, AttemptSpec, Backend, create_backend
+from orch.processes import Containment
 from orch.project import AgentConfig
 from orch.ratelimit import AgentLimiter
 
@@ -53,7 +54,10 @@ class LocalExecutor:
     A backend that sends several requests per attempt (the `openai` backend in
     tools mode) may define `use_limiter(limiter)`; it is then given the
     agent's limiter and calls `limiter.pace()` before each request. Otherwise
-    the executor paces once per attempt. A backend with slow set-up may define
+    the executor paces once per attempt. A backend that starts processes may
+    define `use_containment(containment)`; all of them share one
+    `orch.processes.Containment`, which tells live agents from leftovers.
+    A backend with slow set-up may define
     `warm_up()` to start it in the background (see `warm_up` below).
     """
 
@@ -61,6 +65,7 @@ class LocalExecutor:
         self._backends: dict[str, Backend] = {}
         self._limiters: dict[str, AgentLimiter] = {}
         self._self_paced: set[str] = set()
+        self._containment: Containment | None = None
 
     def _limiter(self, agent: AgentConfig) -> AgentLimiter:
         if agent.name not in self._limiters:
@@ -78,6 +83,11 @@ class LocalExecutor:
             if callable(use_limiter):
                 use_limiter(self._limiter(agent))
                 self._self_paced.add(agent.name)
+            use_containment = getattr(backend, "use_containment", None)
+            if callable(use_containment):
+                if self._containment is None:
+                    self._containment = Containment()
+                use_containment(self._containment)
             self._backends[agent.name] = backend
         return self._backends[agent.name]
 
@@ -129,3 +139,6 @@ class LocalExecutor:
         for backend in self._backends.values():
             await backend.aclose()
         self._backends.clear()
+        if self._containment is not None:
+            self._containment.close()
+            self._containment = None

@@ -16,6 +16,7 @@ from typing import Any
 
 from orch.errors import StageBlocked, UsageError, did_you_mean
 from orch.expect import Finding, check_outputs
+from orch.integrity import find_modified
 from orch.partitions import Partition
 from orch.project import CONFIG_NAME, AgentConfig, Project, Stage
 from orch.state import (
@@ -40,6 +41,7 @@ class Status(Enum):
     COMPLETE = "complete"
     FAILED = "failed"
     INCOMPLETE = "incomplete"
+    MODIFIED = "modified"
     STALE = "stale"
 
 
@@ -55,7 +57,8 @@ class PartitionState:
         manifest: Its manifest if the directory holds a valid one.
         fingerprint: The current fingerprint; None while inputs are not complete.
         prompt: The current rendered prompt; None while inputs are not complete.
-        findings: Expect-rule failures of the promoted outputs (incomplete).
+        findings: Expect-rule failures of the promoted outputs (incomplete), or
+            outputs that no longer match the manifest (modified).
         last_error: The latest failed attempt's error record, if any.
         waiting_on: Upstream partitions that are not complete.
         kept: Why a run leaves these outputs alone although the chosen agent
@@ -274,8 +277,8 @@ class Planner:
             if maker is not None and maker.backend != REHEARSAL:
                 compare = self.ws.fingerprint(partition, prompt, maker, manifests)
         findings: tuple[Finding, ...] = ()
+        out_dir = f"{self.ws.root}/{partition.out_dir}"
         if manifest.fingerprint != compare.value:
-            out_dir = f"{self.ws.root}/{partition.out_dir}"
             old_prompt = (
                 read_prompt(out_dir)
                 if self.lines and manifest.parts.get("prompt") != compare.prompt
@@ -285,13 +288,17 @@ class Planner:
             status = Status.STALE
         else:
             found = check_outputs(
-                f"{self.ws.root}/{partition.out_dir}",
+                out_dir,
                 stage.expect,
                 self.ws.schemas,
                 None if self.deep else manifest.known_outputs(),
             )
             status, findings = (Status.INCOMPLETE, tuple(found)) if found else (Status.COMPLETE, ())
             reason = f"incomplete: {found[0]}" if found else "complete"
+            changed = [] if found else find_modified(out_dir, manifest.outputs, self.deep)
+            if changed:
+                status, findings = Status.MODIFIED, tuple(changed)
+                reason = f"modified: {changed[0].file}: {changed[0].detail}"
         failure = self._failed_since(partition, manifest)
         if failure is not None and status in (Status.COMPLETE, Status.STALE):
             status, findings = Status.FAILED, ()

@@ -96,6 +96,8 @@ class PlainReporter:
             line = f"      {event.get('reason')}"
         elif kind == "interrupted":
             line = f"      interrupted {where}"
+        elif kind == "lock_file_lost":
+            line = f"      warning: {where}: {event.get('message')}"
         elif kind == "barrier":
             state = "met" if event["met"] else "NOT met"
             line = f"      barrier {event['stage']}: {state} ({event['complete']}/{event['total']})"
@@ -132,6 +134,12 @@ class LiveReporter:
             self.progress.console.print(
                 f"[red]FAILED[/red] {event.get('stage')}/{event.get('partition')}: {event.get('error')}",
                 markup=True,
+                highlight=False,
+            )
+        elif event["event"] == "lock_file_lost":
+            self.progress.console.print(
+                f"warning: {event.get('stage')}/{event.get('partition')}: {event.get('message')}",
+                markup=False,
                 highlight=False,
             )
         self.progress.update(

@@ -56,6 +56,7 @@ from orch.state import (
 )
 from orch.workspace import ChildKey, Workspace
 
+#: Signals that stop a run: agents are ended and partitions recorded as interrupted.
 #: Outcomes that leave the partition complete.
 DONE = frozenset({"complete", "up-to-date"})
 
@@ -118,6 +119,7 @@ class RunSummary:
     run_id: str
     outcomes: list[Outcome] = field(default_factory=list)
     interrupted: bool = False
+    stop_signal: str | None = None
     halted: str | None = None
     events_path: Path | None = None
     duration_s: float = 0.0
@@ -174,6 +176,7 @@ class Scheduler:
         self._global: asyncio.Semaphore | None = None
         self._halted: str | None = None
         self._stopping = False
+        self._stop_signal: str | None = None
         self._failed_count = 0
         self._scheduled = 0
         self._cost_run = 0.0
@@ -237,6 +240,7 @@ class Scheduler:
             self._fs.shutdown(wait=True)
         summary.interrupted = self._stopping
         summary.disk_fault = self._disk_fault
+        summary.stop_signal = self._stop_signal
         summary.halted = self._halted or next(
             (o.reason for o in summary.outcomes if o.status == "halted"), None
         )
@@ -252,10 +256,16 @@ class Scheduler:
         self.log.close()
         return summary
 
-    def stop(self) -> None:
-        """Stop starting partitions and interrupt running attempts (Ctrl-C)."""
+    def stop(self, signal_name: str | None = None) -> None:
+        """Stop starting partitions and interrupt running attempts (Ctrl-C).
+
+        Args:
+            signal_name: The signal that asked for it (e.g. "SIGHUP"), if any; the
+                first one is kept in the summary, which sets the exit code.
+        """
         if self._stopping:
             return
+        self._stop_signal = signal_name
         self._stopping = True
         self.log.emit("interrupt_requested")
         for task in self._tasks:
@@ -594,6 +604,8 @@ class Scheduler:
                     partition, stage, agent, state, number, why if index == 0 else "retry", prepared
                 )
                 number = staging_number(staging)
+                if result.ok:
+                    result = self._verify_lock(partition, lock, result)
                 # budgets and --halt-on must see this attempt before its slot goes
                 # to the next partition
                 self._add_cost(stage, result.usage)
@@ -800,6 +812,33 @@ class Scheduler:
             )
             return None
 
+    def _verify_lock(self, partition: Partition, lock: PartitionLock, result: AttemptResult) -> AttemptResult:
+        """Before promotion: is the lock file still ours? Say so if it was deleted.
+
+        The name lock kept other runs out meanwhile, so a restored lock keeps the
+        attempt; a new lock file taken by another process fails it (class `lock`).
+        """
+        check = lock.verify()
+        if check == "ok":
+            return result
+        where = f"wip/locks/{partition.stage}/{partition.id}.lock"
+        if check == "restored":
+            message = f"{where} was deleted during the run; the second lock held, a new lock file is in place"
+        else:
+            message = f"{where} was deleted during the run and another process locked the new one"
+        self.log.emit(
+            "lock_file_lost", stage=partition.stage, partition=partition.id, outcome=check, message=message
+        )
+        if check == "restored":
+            return result
+        return AttemptResult(
+            False,
+            f"{message}; not promoted (rerun once the other run has finished)",
+            "lock",
+            result.exit_code,
+            result.usage,
+        )
+
     def _manifest(
         self,
         partition: Partition,
@@ -898,7 +937,7 @@ class Scheduler:
         )
 
     def _is_retryable(self, stage: Stage, result: AttemptResult) -> bool:
-        if self._stopping or result.error_class in ("internal", "disk", "promote"):
+        if self._stopping or result.error_class in ("internal", "disk", "promote", "lock"):
             return False
         if stage.retry_on is None:
             return result.error_class not in NOT_RETRIED_BY_DEFAULT

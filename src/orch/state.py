@@ -30,6 +30,7 @@ import filelock
 import orjson
 
 from orch.expect import META_DIR, Finding, open_regular
+from orch.namelock import NameLock, lock_key
 from orch.redact import Redactor, json_safe
 
 MANIFEST_VERSION = 1
@@ -733,25 +734,43 @@ def lock_path(root: Path, stage: str, partition: str) -> Path:
 
 
 class PartitionLock:
-    """An exclusive, per-partition OS lock (flock via filelock).
+    """An exclusive, per-partition lock: flock on a lock file, plus a name lock.
 
-    The kernel drops it when the holder dies, even by kill -9, so a dead
-    run never blocks the next one and no `--unlock` step exists.
+    The flock (via filelock) excludes every orch version; the kernel drops it
+    when the holder dies, even by kill -9, so a dead run never blocks the next
+    one and no `--unlock` step exists. The name lock (`orch.namelock`, an
+    abstract unix socket on Linux) keeps excluding other runs when someone
+    deletes the lock file or `wip/` meanwhile; `verify` notices that.
     """
 
     def __init__(self, root: Path, stage: str, partition: str) -> None:
         self._path = lock_path(root, stage, partition)
+        self._name = NameLock(lock_key(str(root), stage, partition))
+        self._inode: tuple[int, int] | None = None
+        self._lock = self._file_lock()
+
+    def _file_lock(self) -> filelock.FileLock:
         # thread_local=False: orch may take it in its file-system worker thread and
         # release it on the event loop's thread
-        self._lock = filelock.FileLock(
+        return filelock.FileLock(
             str(self._path), is_singleton=False, preserve_lock_file=True, thread_local=False
         )
 
     def try_acquire(self, timeout_s: float = 0.0) -> bool:
         """Acquire within `timeout_s` seconds (0: don't wait); False if held elsewhere."""
+        if not self._name.try_acquire():
+            return False
+        if self._acquire_file(timeout_s):
+            return True
+        self._name.release()
+        return False
+
+    def _acquire_file(self, timeout_s: float) -> bool:
         for _ in range(2):
             try:
                 self._lock.acquire(timeout=timeout_s, poll_interval=LOCK_POLL_S)
+                st = os.stat(self._path)
+                self._inode = (st.st_dev, st.st_ino)
                 return True
             except filelock.Timeout:
                 return False
@@ -764,22 +783,45 @@ class PartitionLock:
         """True while this object holds the lock."""
         return bool(self._lock.is_locked)
 
+    def verify(self) -> str:
+        """Check the held lock file is still in place; put a new one in place if not.
+
+        Returns:
+            "ok"; "restored" (the file was deleted or replaced: a new one is
+            locked now, and the name lock excluded other runs meanwhile); or
+            "lost" (another process locked the new file: do not promote).
+        """
+        try:
+            st = os.stat(self._path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                return "ok"
+        except OSError:
+            pass
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+        self._lock = self._file_lock()
+        return "restored" if self._acquire_file(0.0) else "lost"
+
     def release(self) -> None:
         """Release the lock if held."""
         if self._lock.is_locked:
             self._lock.release(force=True)
+        self._name.release()
+        self._inode = None
 
 
 def is_locked(root: Path, stage: str, partition: str) -> bool:
-    """Return True if a live process holds the partition's lock.
+    """Return True if a live process holds the partition's lock (file or name lock).
 
-    Takes no lock on Linux (reads /proc/locks, `orch.lockprobe`), so a viewer
-    polling status never makes a run's lock attempt fail; elsewhere it
-    try-locks briefly, as before.
+    Takes no lock on Linux (reads /proc/locks and /proc/net/unix,
+    `orch.lockprobe`), so a viewer polling status never makes a run's lock
+    attempt fail; elsewhere it try-locks briefly, as before.
     """
     path = lock_path(root, stage, partition)
+    name = NameLock(lock_key(str(root), stage, partition))
     if not path.exists():
-        return False
+        bound = name.is_bound()
+        return name.is_held_elsewhere() if bound is None else bound
     from orch.lockprobe import is_held_in_proc_locks
 
     held = is_held_in_proc_locks(path)

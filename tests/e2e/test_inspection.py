@@ -128,6 +128,7 @@ def test_plan_json_for_one_stage(project):
         "failed": 0,
         "incomplete": 0,
         "missing": 3,
+        "modified": 0,
         "running": 0,
         "stale": 0,
     }

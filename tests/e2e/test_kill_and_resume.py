@@ -229,6 +229,13 @@ def test_kill_9_rounds_then_rerun_finish_without_redoing_complete_work(make_proj
         assert error["error"].startswith("staging directory left by a run that died (cleaned by run ")
 
 
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def reaper_pids() -> list[int]:
     """Pids of running orch reapers (their argv ends with the reaper mark)."""
     found = []
@@ -259,7 +266,8 @@ def test_rerun_after_kill_9_stops_orphans_when_the_reaper_died_too(make_project)
     before = set(reaper_pids())
     proc = project.popen("stage", "run", "work")
     agent, grandchild = running_pids(project, 1)[".item01.attempt-1"]
-    reapers = set(reaper_pids()) - before
+    # this run's reaper: other test runs on the machine have their own
+    reapers = {p for p in set(reaper_pids()) - before if _ppid(p) == proc.pid}
     assert len(reapers) == 1
     for pid in reapers:  # the worst case: the watchdog is gone as well
         os.kill(pid, signal.SIGKILL)

@@ -15,6 +15,10 @@ repeats); a mapping applies to every attempt. Actions:
     hang             start a grandchild, write both pids to `pids.txt`, sleep forever
     partial          write only the first file, truncated, then exit 0
     crash            write half of the first file, then SIGKILL itself
+    daemon           leave a writer behind that appends to the first file every
+                     20 ms: `how` setsid (default), double_fork or env_cleared
+                     (setsid, no environment, cwd /); its pid goes to
+                     $FAKE_AGENT_LOG.daemons; then `then`: succeed, fail or hang
     sleep            sleep `seconds`, then succeed
 
 Hostile actions write the files like `succeed`, then leave something behind:
@@ -122,6 +126,13 @@ def act() -> int:
         Path("pids.txt").write_text(f"{os.getpid()} {child.pid}\n")
         time.sleep(3600)
         return 0
+    if action == "daemon":
+        start_daemon(files, partition, step.get("how", "setsid"))
+        action = step.get("then", "succeed")
+        if action == "fail":
+            return 1
+        if action == "hang":
+            time.sleep(3600)
     if action == "sleep":
         time.sleep(float(step.get("seconds", 1)))
     name, text = next(iter(files.items()))
@@ -180,6 +191,46 @@ def leave_behind(action: str, step: dict) -> None:
             while True:
                 handle.write(b"\0" * 65536)
                 handle.flush()
+
+
+#: The leftover writer: argv = pid file, output file, how.
+DAEMON = """
+import os, sys, time
+pidfile, name, how = sys.argv[1:4]
+if how == "double_fork":
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+out = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+if how == "env_cleared":
+    os.chdir("/")
+with open(pidfile, "a") as handle:
+    handle.write(f"{os.getpid()}\\n")
+while True:
+    time.sleep(0.02)
+    os.write(out, b"x")
+"""
+
+
+def start_daemon(files: dict, partition: str, how: str) -> None:
+    """Write the files, then start a writer that outlives this agent; wait for its pid."""
+    for name, text in files.items():
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text(text.format(partition=partition))
+    pidfile = os.environ["FAKE_AGENT_LOG"] + ".daemons"
+    before = Path(pidfile).read_text().count("\n") if os.path.exists(pidfile) else 0
+    argv = [sys.executable, "-c", DAEMON, pidfile, os.path.abspath(next(iter(files))), how]
+    env = {} if how == "env_cleared" else None
+    child = subprocess.Popen(argv, env=env, start_new_session=how != "double_fork")
+    if how == "double_fork":
+        child.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if os.path.exists(pidfile) and Path(pidfile).read_text().count("\n") > before:
+            return
+        time.sleep(0.005)
 
 
 if __name__ == "__main__":

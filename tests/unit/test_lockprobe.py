@@ -33,8 +33,9 @@ def test_a_missing_lock_file_is_free(tmp_path: Path):
 
 @needs_proc_locks
 def test_probing_never_makes_a_concurrent_try_acquire_fail(tmp_path: Path):
-    PartitionLock(tmp_path, "research", "p1").try_acquire()  # creates the lock file
-    PartitionLock(tmp_path, "research", "p1").release()
+    first = PartitionLock(tmp_path, "research", "p1")
+    assert first.try_acquire()  # creates the lock file
+    first.release()
     failures: list[int] = []
     done = threading.Event()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -505,3 +506,47 @@ def test_promote_many_fails_only_the_item_whose_manifest_cannot_be_written(tmp_p
     assert isinstance(errors[0], OSError) and errors[1] is None
     assert read_manifest(data / "p1") is not None
     assert not (data / "p2").exists() and bad.exists()
+
+
+def test_a_held_lock_survives_its_deleted_lock_file(tmp_path: Path):
+    first = PartitionLock(tmp_path, "research", "p1")
+    assert first.try_acquire() is True
+    try:
+        shutil.rmtree(tmp_path / "wip")
+        second = PartitionLock(tmp_path, "research", "p1")
+        assert second.try_acquire() is False  # the name lock still excludes
+        assert is_locked(tmp_path, "research", "p1")
+        assert first.verify() == "restored"
+        assert (tmp_path / "wip/locks/research/p1.lock").exists()
+        assert first.verify() == "ok"
+        assert second.try_acquire() is False
+    finally:
+        first.release()
+    assert second.try_acquire() is True
+    second.release()
+
+
+def test_verify_reports_a_lock_file_another_process_took(tmp_path: Path):
+    import filelock
+
+    first = PartitionLock(tmp_path, "research", "p1")
+    assert first.try_acquire() is True
+    try:
+        (tmp_path / "wip/locks/research/p1.lock").unlink()
+        old_orch = filelock.FileLock(str(tmp_path / "wip/locks/research/p1.lock"), is_singleton=False)
+        old_orch.acquire(timeout=0)  # an orch without name locks takes the new file
+        try:
+            assert first.verify() == "lost"
+        finally:
+            old_orch.release()
+    finally:
+        first.release()
+
+
+def test_is_locked_sees_the_name_lock_without_a_lock_file(tmp_path: Path):
+    lock = PartitionLock(tmp_path, "research", "p1")
+    assert lock.try_acquire() is True
+    (tmp_path / "wip/locks/research/p1.lock").unlink()
+    assert is_locked(tmp_path, "research", "p1")
+    lock.release()
+    assert not is_locked(tmp_path, "research", "p1")

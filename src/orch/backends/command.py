@@ -1,7 +1,8 @@
 """The `command` backend: run any headless agent CLI as a subprocess.
 
 The agent runs in the attempt's staging directory, in its own process group
-(killed whole: TERM, grace, KILL, on timeout or interrupt), with the prompt
+(killed whole: TERM, grace, KILL, on timeout or interrupt; whatever it left
+running is ended with the attempt, see `orch.processes`), with the prompt
 on stdin (or as an argument, or a file path), stdin otherwise `/dev/null`,
 stdout and stderr appended to `.orch/agent.log`, and `ORCH_*` variables in
 its environment (DESIGN.md §6). Exit 0 alone never proves success.
@@ -28,7 +29,7 @@ from typing import Any
 from orch.backends import AttemptResult, AttemptSpec
 from orch.backends.usage import PARSERS, AgentReport, parse_report
 from orch.errors import ConfigError, did_you_mean
-from orch.processes import Reaper
+from orch.processes import Containment
 from orch.project import AgentConfig, parse_duration
 from orch.redact import Redactor
 
@@ -209,10 +210,18 @@ class CommandBackend:
         self.kill_grace_s: float = float(agent.settings.get("kill_grace", 5.0))
         self.usage: str = agent.settings.get("usage", "none")
         self.reply_file: str | None = agent.settings.get("reply_file")
-        # agents (and their children) die with orch, even on kill -9
-        self._reaper = Reaper()
+        # every process an agent starts ends with its attempt (orch.processes);
+        # the executor shares one Containment between backends (use_containment)
+        self._containment = Containment()
+        self._own_containment = True
         self._which: dict[str, str | None] = {}
         self.redactor = Redactor.for_agents([agent])
+
+    def use_containment(self, containment: Containment) -> None:
+        """Share the run's `containment` (one per run knows every live agent)."""
+        if self._own_containment:
+            self._containment.close()
+        self._containment, self._own_containment = containment, False
 
     def argv_for(self, spec: AttemptSpec) -> list[str]:
         """Return the argv with `{prompt}` / `{prompt_file}` substituted or appended."""
@@ -267,21 +276,22 @@ class CommandBackend:
                 f"cannot start {argv[0]!r}: No such file or directory (or not executable)",
                 "agent_error",
             )
-        self._reaper.watch(spec.work_dir)
+        contain = self._containment
         with open(spec.log_path, "ab") as log:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    executable,
-                    *argv[1:],
-                    cwd=spec.work_dir,
-                    stdin=asyncio.subprocess.PIPE if stdin_prompt else asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE if self.reply_file else log,
-                    stderr=log,
-                    env=env,
-                    start_new_session=True,
-                )
+                with contain.spawning():
+                    proc = await asyncio.create_subprocess_exec(
+                        executable,
+                        *argv[1:],
+                        cwd=spec.work_dir,
+                        stdin=asyncio.subprocess.PIPE if stdin_prompt else asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.PIPE if self.reply_file else log,
+                        stderr=log,
+                        env=env,
+                        start_new_session=True,
+                    )
+                    contain.started(spec.work_dir, proc.pid)
             except OSError as err:
-                self._reaper.forget(spec.work_dir)
                 return AttemptResult(False, f"cannot start {argv[0]!r}: {err.strerror}", "agent_error")
             try:
                 if self.reply_file:
@@ -294,9 +304,12 @@ class CommandBackend:
                 raise
             finally:
                 _kill_group(proc.pid, signal.SIGKILL)
-                self._reaper.forget(spec.work_dir)
+                killed = await contain.ended(spec.work_dir, proc.pid)
         await asyncio.to_thread(self._redact_log, spec, log_start)
-        return self.result(proc.returncode, spec, log_start)
+        result = self.result(proc.returncode, spec, log_start)
+        if killed:  # after reading the log: its last line is the agent's, for errors
+            _append(spec.log_path, f"orch: killed {len(killed)} process(es) the agent left running\n")
+        return result
 
     def _redact_log(self, spec: AttemptSpec, log_start: int) -> None:
         """Rewrite this attempt's part of `agent.log` without the agent's secrets (blocking).
@@ -357,8 +370,9 @@ class CommandBackend:
             await asyncio.shield(asyncio.wait_for(proc.wait(), 5))
 
     async def aclose(self) -> None:
-        """Let the reaper go (every agent has ended by now)."""
-        self._reaper.close()
+        """Let the reaper go, unless the executor owns it (every agent has ended by now)."""
+        if self._own_containment:
+            self._containment.close()
 
 
 async def _communicate_tee(

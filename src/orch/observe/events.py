@@ -47,6 +47,7 @@ class EventName(StrEnum):
     BARRIER = "barrier"
     RUN_FINISHED = "run_finished"
     ACCEPTED = "accepted"
+    LOCK_FILE_LOST = "lock_file_lost"
 
 
 _NAMES = {e.value: e for e in EventName}
