@@ -1,0 +1,493 @@
+"""`orch watch`: attach to a run from any terminal and show it live, or as plain lines.
+
+`Watcher` holds the data: a `RunProgress` fed incrementally from the run's
+`EventReader` (never a re-plan per tick) and a disk snapshot retaken at most
+every `SNAPSHOT_EVERY_S`. `build_view` turns it into a `WatchView`; the
+renderers (`render_rich`, `render_plain`) only format a view. Read-only.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from orch.errors import UsageError
+from orch.observe.events import Event, EventName, EventReader, RunInfo, latest_run, read_run
+from orch.observe.progress import Phase, RunProgress
+from orch.observe.snapshot import Snapshot, take_snapshot
+from orch.workspace import Workspace
+
+# Seconds between disk snapshots (stale and complete counts); events are read every tick.
+SNAPSHOT_EVERY_S = 3.0
+# Seconds between looks at whether the run's orchestrator is alive.
+ALIVE_EVERY_S = 1.0
+# Seconds between looks at the event log (the rich display refreshes at 4/s).
+TICK_S = 0.25
+# Seconds between summary lines in plain (non-TTY) output.
+PLAIN_SUMMARY_EVERY_S = 10.0
+# Rows shown for running partitions and for failures.
+MAX_RUNNING_ROWS = 12
+MAX_FAILURE_ROWS = 5
+
+
+@dataclass(frozen=True)
+class StageLine:
+    """One stage's tallies: disk counts (done, stale) joined with the run's live phases."""
+
+    name: str
+    total: int
+    done: int
+    running: int
+    queued: int
+    backing_off: int
+    failed: int
+    stale: int
+    cost_usd: float | None
+    budget_usd: float | None
+
+
+@dataclass(frozen=True)
+class RunningLine:
+    """One running partition: elapsed seconds and why it started."""
+
+    stage: str
+    partition: str
+    attempt: int
+    agent: str | None
+    elapsed_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class WatchView:
+    """Everything one screen shows; built by `build_view`, formatted by the renderers.
+
+    Attributes:
+        run_id: The run watched.
+        state: `running`, `finished`, `failed` (finished not ok) or `interrupted`
+            (orchestrator gone without `run_finished`).
+        elapsed_s: Seconds since the run started (to its end once ended).
+        stages: One line per stage.
+        running: The running partitions, longest-running first.
+        agent_limits: Each agent's current concurrency limit.
+        cost_usd: The run's cost so far; None if no agent reported one.
+        tokens: The run's tokens so far; None if unknown.
+        budget_usd: The run-wide `max_cost_usd`, if set.
+        eta_s: Estimated seconds left; None without an estimate.
+        failures: The last failed attempts, as text.
+        halted: Why the run halted, if it did.
+    """
+
+    run_id: str
+    state: str
+    elapsed_s: float | None
+    stages: tuple[StageLine, ...]
+    running: tuple[RunningLine, ...]
+    agent_limits: dict[str, int]
+    cost_usd: float | None
+    tokens: int | None
+    budget_usd: float | None
+    eta_s: float | None
+    failures: tuple[str, ...]
+    halted: str | None
+
+
+class Watcher:
+    """Follows one run: new events each `poll`, a disk snapshot now and then.
+
+    Args:
+        workspace: The loaded project.
+        run: The run to follow.
+        agent: Agent override (part of the fingerprint, for stale counts).
+    """
+
+    def __init__(self, workspace: Workspace, run: RunInfo, agent: str | None = None) -> None:
+        self.workspace = workspace
+        self.run = run
+        self.agent = agent
+        self.progress = RunProgress(run.run_id)
+        self.reader = EventReader(run.events_path)
+        self.snapshot: Snapshot | None = None
+        self._snapshot_at = -SNAPSHOT_EVERY_S
+        self._alive_at = time.monotonic()
+        self._disk_changed = True
+
+    @property
+    def ended(self) -> bool:
+        """True once the run wrote `run_finished` or its orchestrator is gone."""
+        return self.progress.finished or not self.run.alive
+
+    def poll(self) -> list[Event]:
+        """Apply the events written since the last poll; refresh liveness and the snapshot when due."""
+        events = self.reader.read()
+        self.progress.apply_all(events)
+        now = time.monotonic()
+        if any(e.name in _DISK_EVENTS for e in events):
+            self._disk_changed = True
+        if now - self._alive_at >= ALIVE_EVERY_S and not self.progress.finished:
+            self._alive_at = now
+            self.run = read_run(self.run.events_path.parent)
+            if not self.run.alive:  # events written just before it died
+                self.progress.apply_all(extra := self.reader.read())
+                events += extra
+        ended = self.ended
+        due = now - self._snapshot_at >= SNAPSHOT_EVERY_S
+        if self._disk_changed and (due or ended):
+            self.refresh_snapshot()
+        return events
+
+    def refresh_snapshot(self) -> None:
+        """Look at the disk now (shallow: manifests, listings), joined with the live progress."""
+        self.snapshot = take_snapshot(self.workspace, self.agent, self.run.run_id, progress=self.progress)
+        self._snapshot_at = time.monotonic()
+        self._disk_changed = False
+
+    def view(self, now: float | None = None) -> WatchView:
+        """Return the screen's data at Unix time `now`."""
+        return build_view(self.workspace, self.run, self.progress, self.snapshot, now)
+
+
+_DISK_EVENTS = frozenset(
+    {EventName.PROMOTED, EventName.FAILED, EventName.STAGE_FINISHED, EventName.RUN_FINISHED}
+)
+
+
+def build_view(
+    workspace: Workspace,
+    run: RunInfo,
+    progress: RunProgress,
+    snapshot: Snapshot | None,
+    now: float | None = None,
+) -> WatchView:
+    """Join the live progress with the (possibly seconds-old) snapshot into one screen's data.
+
+    Live phases (running, backing off, failed) come from `progress`; done and
+    stale come from the snapshot; queued counts the snapshot's queued
+    partitions that have had no event since, plus the live queued ones.
+    """
+    now = time.time() if now is None else now
+    project = workspace.project
+    if progress.finished:
+        state = "finished" if progress.ok else "failed"
+    else:
+        state = "running" if run.alive else "interrupted"
+    stage_costs: dict[str, float] = {}
+    for part in progress.partitions.values():
+        if part.usage.cost_usd is not None:
+            stage_costs[part.stage] = stage_costs.get(part.stage, 0.0) + part.usage.cost_usd
+    names = [s.name for s in snapshot.stages] if snapshot else list(progress.stages or project.stages)
+    lines = []
+    for name in names:
+        live = progress.phase_counts(name)
+        view = _stage_view(snapshot, name)
+        waiting = 0
+        if view is not None and state == "running":
+            tracked = progress.partitions
+            waiting = sum(
+                1 for p in view.partitions if p.phase is Phase.QUEUED and (name, p.id) not in tracked
+            )
+        stage = project.stages.get(name)
+        lines.append(
+            StageLine(
+                name=name,
+                total=len(view.partitions) if view else 0,
+                done=view.counts.get("complete", 0) if view else live["done"],
+                running=live["running"] if state == "running" else 0,
+                queued=(waiting + live["queued"]) if state == "running" else 0,
+                backing_off=live["backing_off"] if state == "running" else 0,
+                failed=live["failed"],
+                stale=view.counts.get("stale", 0) if view else 0,
+                cost_usd=stage_costs.get(name),
+                budget_usd=stage.max_cost_usd if stage else None,
+            )
+        )
+    running: tuple[RunningLine, ...] = ()
+    if state == "running":
+        running = tuple(
+            RunningLine(
+                p.stage,
+                p.partition,
+                p.attempt,
+                p.agent,
+                p.elapsed_s(now) or 0.0,
+                p.reason or "",
+            )
+            for p in progress.running()
+        )
+    end = progress.finished_at if progress.finished else (None if run.alive else progress.last_ts)
+    started = progress.started_at or run.started_at
+    failures = tuple(
+        f"{f.stage}/{f.partition} attempt {f.attempt}: {f.error_class or 'error'}: {f.error or ''}".rstrip(
+            ": "
+        )
+        + ("" if f.final else " (retrying)")
+        for f in list(progress.failures)[-MAX_FAILURE_ROWS:]
+    )
+    return WatchView(
+        run_id=run.run_id,
+        state=state,
+        elapsed_s=round((end or now) - started, 1) if started else None,
+        stages=tuple(lines),
+        running=running,
+        agent_limits=dict(progress.agent_limits),
+        cost_usd=progress.usage.cost_usd,
+        tokens=progress.usage.tokens,
+        budget_usd=project.max_cost_usd,
+        eta_s=progress.eta_s() if state == "running" else None,
+        failures=failures,
+        halted=progress.halted,
+    )
+
+
+def _stage_view(snapshot: Snapshot | None, name: str) -> Any:
+    if snapshot is None:
+        return None
+    try:
+        return snapshot.stage(name)
+    except KeyError:
+        return None
+
+
+# -- formatting (no data access below) ------------------------------------------------
+
+
+def format_seconds(seconds: float | None) -> str:
+    """Return `1h02m`, `3m05s` or `12s`; `-` for None."""
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def format_money(cost: float | None, budget: float | None) -> str:
+    """Return `$0.42` or `$0.42 of $5.00 (8%)`; `-` when neither is known."""
+    if cost is None and budget is None:
+        return "-"
+    text = f"${cost or 0.0:.2f}"
+    if budget:
+        text += f" of ${budget:.2f} ({100 * (cost or 0.0) / budget:.0f}%)"
+    return text
+
+
+def stage_text(line: StageLine) -> str:
+    """One stage line as plain text."""
+    parts = [
+        f"{line.name}: {line.done}/{line.total} done",
+        f"{line.running} running",
+        f"{line.queued} queued",
+        f"{line.backing_off} backing off",
+        f"{line.failed} failed",
+        f"{line.stale} stale",
+    ]
+    if line.cost_usd is not None or line.budget_usd is not None:
+        parts.append(f"cost {format_money(line.cost_usd, line.budget_usd)}")
+    return ", ".join(parts)
+
+
+def header_text(view: WatchView) -> str:
+    """The run line: id, state, elapsed, ETA, cost and tokens against the budget."""
+    parts = [f"run {view.run_id}: {view.state}", f"elapsed {format_seconds(view.elapsed_s)}"]
+    if view.state == "running":
+        parts.append(f"ETA {format_seconds(view.eta_s)}")
+    parts.append(f"cost {format_money(view.cost_usd, view.budget_usd)}")
+    parts.append(f"tokens {view.tokens if view.tokens is not None else '-'}")
+    if view.state == "interrupted":
+        parts.append("the orchestrator is gone (killed?); `orch run` resumes")
+    if view.halted:
+        parts.append(f"halted: {view.halted}")
+    return ", ".join(parts)
+
+
+def render_plain(view: WatchView) -> list[str]:
+    """Return the summary as plain lines (non-TTY output and the final screen)."""
+    lines = [header_text(view)]
+    lines += [f"  {stage_text(s)}" for s in view.stages]
+    for r in view.running[:MAX_RUNNING_ROWS]:
+        lines.append(
+            f"  running {r.stage}/{r.partition} #{r.attempt} {format_seconds(r.elapsed_s)} ({r.reason})"
+        )
+    if len(view.running) > MAX_RUNNING_ROWS:
+        lines.append(f"  ... and {len(view.running) - MAX_RUNNING_ROWS} more running")
+    if view.agent_limits:
+        limits = ", ".join(f"{a}={n}" for a, n in sorted(view.agent_limits.items()))
+        lines.append(f"  agent limits: {limits}")
+    lines += [f"  failed {f}" for f in view.failures]
+    return lines
+
+
+def render_rich(view: WatchView) -> Any:
+    """Return a rich renderable of the screen: header, stage table, running, limits, failures."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    style = {"running": "bold cyan", "finished": "bold green", "failed": "bold red"}.get(
+        view.state, "bold yellow"
+    )
+    parts: list[Any] = [Text(header_text(view), style=style)]
+    stages = Table(box=None, pad_edge=False)
+    for column in ("stage", "done", "running", "queued", "backing off", "failed", "stale", "cost"):
+        stages.add_column(column, justify="left" if column == "stage" else "right")
+    for s in view.stages:
+        stages.add_row(
+            s.name,
+            f"{s.done}/{s.total}",
+            str(s.running),
+            str(s.queued),
+            str(s.backing_off),
+            Text(str(s.failed), style="red" if s.failed else ""),
+            str(s.stale),
+            format_money(s.cost_usd, s.budget_usd),
+        )
+    parts.append(stages)
+    if view.running:
+        running = Table(box=None, pad_edge=False, title="running", title_justify="left")
+        for column in ("partition", "attempt", "agent", "elapsed", "why"):
+            running.add_column(column)
+        for r in view.running[:MAX_RUNNING_ROWS]:
+            running.add_row(
+                f"{r.stage}/{r.partition}",
+                str(r.attempt),
+                r.agent or "-",
+                format_seconds(r.elapsed_s),
+                r.reason,
+            )
+        parts.append(running)
+        if len(view.running) > MAX_RUNNING_ROWS:
+            parts.append(Text(f"... and {len(view.running) - MAX_RUNNING_ROWS} more running"))
+    if view.agent_limits:
+        limits = ", ".join(f"{a}={n}" for a, n in sorted(view.agent_limits.items()))
+        parts.append(Text(f"agent limits: {limits}"))
+    for failure in view.failures:
+        parts.append(Text(f"failed {failure}", style="red"))
+    return Group(*parts)
+
+
+def event_text(event: Event) -> str | None:
+    """One plain line for an event worth telling, else None."""
+    where = f"{event.stage}/{event.partition}" if event.partition else (event.stage or "")
+    name = event.name
+    if name is EventName.STARTED:
+        return f"started {where} #{event.attempt} ({event.get('reason') or 'missing'})"
+    if name is EventName.PROMOTED:
+        return f"done {where} #{event.attempt}"
+    if name in (EventName.RETRIED, EventName.FAILED):
+        verb = "retry" if name is EventName.RETRIED else "failed"
+        error = f"{event.get('error_class') or 'error'}: {event.get('error') or ''}"
+        return f"{verb} {where} #{event.attempt}: {error}"
+    if name in (EventName.HALTED, EventName.BLOCKED, EventName.INTERRUPTED):
+        return f"{name} {where}: {event.get('reason') or ''}".rstrip(": ")
+    if name is EventName.BARRIER:
+        return f"barrier {where}: {'met' if event.get('met') is True else 'not met'}"
+    if name is EventName.RUN_FINISHED:
+        return f"run finished: {'ok' if event.get('ok') is True else 'not ok'}"
+    return None
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+def watch_runs(
+    workspace: Workspace,
+    run_id: str | None = None,
+    follow: bool = False,
+    agent: str | None = None,
+    out: TextIO | None = None,
+    is_tty: bool | None = None,
+) -> None:
+    """Watch the newest run (or `run_id`) until it ends; with `follow`, then wait for the next.
+
+    On a terminal a rich Live display refreshes ~4 times a second; otherwise
+    plain lines go to `out`: a summary on attach, one line per event worth
+    telling, a summary every `PLAIN_SUMMARY_EVERY_S`, and a final summary.
+
+    Raises:
+        UsageError: `run_id` names no run, or the project never ran (without `follow`).
+    """
+    out = sys.stdout if out is None else out
+    is_tty = out.isatty() if is_tty is None else is_tty
+    root = workspace.root
+    run = _first_run(root, run_id, follow)
+    while True:
+        watcher = Watcher(workspace, run, agent)
+        if is_tty:
+            _watch_live(watcher, out)
+        else:
+            _watch_plain(watcher, out)
+        if not follow or run_id is not None:
+            return
+        run = _next_run(root, run.run_id)
+
+
+def _first_run(root: Path, run_id: str | None, follow: bool) -> RunInfo:
+    if run_id is not None:
+        run_dir = root / "wip" / "runs" / run_id
+        if "/" in run_id or run_id in (".", "..") or not run_dir.is_dir():
+            raise UsageError(
+                f"no run {run_id!r} under {root / 'wip' / 'runs'}", "omit --run to watch the newest"
+            )
+        return read_run(run_dir)
+    run = latest_run(root)
+    if run is None:
+        if not follow:
+            raise UsageError(f"{root}: no run yet (wip/runs/ is empty)", "start one with: orch run")
+        return _next_run(root, None)
+    return run
+
+
+def _next_run(root: Path, previous: str | None, poll_s: float = 0.5) -> RunInfo:
+    """Wait (polling `wip/runs/` every `poll_s`; Ctrl-C ends it) for a run newer than `previous`."""
+    while True:
+        run = latest_run(root)
+        if run is not None and run.run_id != previous:
+            return run
+        time.sleep(poll_s)
+
+
+def _watch_live(watcher: Watcher, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(file=out, highlight=False)
+    watcher.poll()
+    watcher.refresh_snapshot()
+    with Live(render_rich(watcher.view()), console=console, refresh_per_second=4, transient=False) as live:
+        while not watcher.ended:
+            time.sleep(TICK_S)
+            watcher.poll()
+            live.update(render_rich(watcher.view()))
+        watcher.refresh_snapshot()
+        live.update(render_rich(watcher.view()), refresh=True)
+
+
+def _watch_plain(watcher: Watcher, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+    watcher.poll()
+    watcher.refresh_snapshot()
+    if watcher.ended:
+        _print_lines(out, render_plain(watcher.view()))
+        return
+    _print_lines(out, render_plain(watcher.view()))
+    summary_at = clock()
+    while not watcher.ended:
+        time.sleep(TICK_S)
+        lines = [text for e in watcher.poll() if (text := event_text(e)) is not None]
+        if clock() - summary_at >= PLAIN_SUMMARY_EVERY_S:
+            summary_at = clock()
+            lines += render_plain(watcher.view())
+        _print_lines(out, lines)
+    watcher.refresh_snapshot()
+    _print_lines(out, render_plain(watcher.view()))
+
+
+def _print_lines(out: TextIO, lines: list[str]) -> None:
+    if lines:
+        out.write("".join(f"{line}\n" for line in lines))
+        out.flush()
