@@ -617,8 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     # spent ~40% of its time in the cyclic collector (bench/status.py).
     gc.set_threshold(50_000, 20, 20)
     try:
-        cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=Context())
-        return 0
+        code = cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=Context())
+        # a command that ends quietly with click.exceptions.Exit (e.g. Ctrl-C in `orch logs -f`)
+        return code if type(code) is int else 0
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.ClickException as err:

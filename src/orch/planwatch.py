@@ -122,7 +122,7 @@ class PlanWatcher:
         else:
             lines = changed_lines(self.plan, plan)
             took_ms = (time.monotonic() - started) * 1000
-            self.say(f"replanned in {took_ms:.0f} ms: {len(lines)} partitions changed, {to_run} to run")
+            self.say(f"replanned in {took_ms:.0f} ms: {to_run} to run ({len(lines)} new)")
             for line in lines:
                 self.say(f"  {line}")
             if self.run_stale and to_run:

@@ -73,7 +73,7 @@ class WatchView:
         elapsed_s: Seconds since the run started (to its end once ended).
         stages: One line per stage.
         running: The running partitions, longest-running first.
-        agent_limits: Each agent's current concurrency limit.
+        agent_limits: Each agent's current concurrency limit (None: unlimited).
         cost_usd: The run's cost so far; None if no agent reported one.
         tokens: The run's tokens so far; None if unknown.
         budget_usd: The run-wide `max_cost_usd`, if set.
@@ -87,7 +87,7 @@ class WatchView:
     elapsed_s: float | None
     stages: tuple[StageLine, ...]
     running: tuple[RunningLine, ...]
-    agent_limits: dict[str, int]
+    agent_limits: dict[str, int | None]
     cost_usd: float | None
     tokens: int | None
     budget_usd: float | None
@@ -233,7 +233,7 @@ def build_view(
         elapsed_s=round((end or now) - started, 1) if started else None,
         stages=tuple(lines),
         running=running,
-        agent_limits=dict(progress.agent_limits),
+        agent_limits=_agent_limits(progress),
         cost_usd=progress.usage.cost_usd,
         tokens=progress.usage.tokens,
         budget_usd=project.max_cost_usd,
@@ -241,6 +241,13 @@ def build_view(
         failures=failures,
         halted=progress.halted,
     )
+
+
+def _agent_limits(progress: RunProgress) -> dict[str, int | None]:
+    """Each agent's limit as the latest `started` event reported it; None for an unlimited agent."""
+    limits: dict[str, int | None] = {p.agent: None for p in progress.running() if p.agent}
+    limits.update(progress.agent_limits)
+    return limits
 
 
 def _stage_view(snapshot: Snapshot | None, name: str) -> Any:
@@ -275,6 +282,11 @@ def format_money(cost: float | None, budget: float | None) -> str:
     if budget:
         text += f" of ${budget:.2f} ({100 * (cost or 0.0) / budget:.0f}%)"
     return text
+
+
+def format_limits(limits: dict[str, int | None]) -> str:
+    """Return `fake=4, openai=unlimited`."""
+    return ", ".join(f"{a}={'unlimited' if n is None else n}" for a, n in sorted(limits.items()))
 
 
 def stage_text(line: StageLine) -> str:
@@ -317,7 +329,7 @@ def render_plain(view: WatchView) -> list[str]:
     if len(view.running) > MAX_RUNNING_ROWS:
         lines.append(f"  ... and {len(view.running) - MAX_RUNNING_ROWS} more running")
     if view.agent_limits:
-        limits = ", ".join(f"{a}={n}" for a, n in sorted(view.agent_limits.items()))
+        limits = format_limits(view.agent_limits)
         lines.append(f"  agent limits: {limits}")
     lines += [f"  failed {f}" for f in view.failures]
     return lines
@@ -364,7 +376,7 @@ def render_rich(view: WatchView) -> Any:
         if len(view.running) > MAX_RUNNING_ROWS:
             parts.append(Text(f"... and {len(view.running) - MAX_RUNNING_ROWS} more running"))
     if view.agent_limits:
-        limits = ", ".join(f"{a}={n}" for a, n in sorted(view.agent_limits.items()))
+        limits = format_limits(view.agent_limits)
         parts.append(Text(f"agent limits: {limits}"))
     for failure in view.failures:
         parts.append(Text(f"failed {failure}", style="red"))
