@@ -408,14 +408,15 @@ def show(ctx: Context, stage_name: str, partition_id: str, all_attempts: bool, a
 @pass_ctx
 def logs(ctx: Context, stage_name: str, partition_id: str, follow: bool) -> None:
     """Print the agent log of a partition's running attempt, else of its last one."""
-    from orch.logs import find_agent_log, follow_log, run_is_alive
+    from orch.logs import find_agent_log, follow_log, relocate_log, run_is_alive
 
     ws = ctx.workspace()
     log = find_agent_log(ws, stage_name, partition_id)
     click.echo(f"# {log.path.relative_to(ws.root)} (attempt {log.attempt}, {log.kind})", err=True)
     out = sys.stdout.buffer
+    relocate = relocate_log(ws, stage_name, partition_id, log.attempt)
     try:
-        for chunk in follow_log(log if follow else _finished(log), run_is_alive(ws.root)):
+        for chunk in follow_log(log if follow else _finished(log), run_is_alive(ws.root), relocate=relocate):
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:

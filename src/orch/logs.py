@@ -97,6 +97,7 @@ def follow_log(
     log: AgentLog,
     is_running: Callable[[], bool],
     poll_s: float = 0.2,
+    relocate: Callable[[], Path | None] | None = None,
 ) -> Iterator[bytes]:
     """Yield the log's bytes from the start, then new bytes as they are written.
 
@@ -108,6 +109,8 @@ def follow_log(
         log: The log to follow (a live one; a finished one is read once).
         is_running: Called between looks; false once the owning run died.
         poll_s: Seconds between looks once caught up.
+        relocate: Returns where the attempt's log went once its staging
+            directory is gone (the promoted or archived copy), to read its end.
     """
     offset = 0
     while True:
@@ -117,8 +120,11 @@ def follow_log(
             yield chunk
             continue
         if not log.is_live or log.staging is None or not log.staging.is_dir() or not is_running():
-            tail = _read_from(log.path, offset)
-            if tail:
+            # the staging dir may have moved (promoted, archived) since the last read:
+            # the end of the log is then at its new place
+            moved = relocate() if relocate is not None and not log.path.exists() else None
+            while tail := _read_from(moved or log.path, offset):
+                offset += len(tail)
                 yield tail
             return
         time.sleep(poll_s)
@@ -131,6 +137,19 @@ def _read_from(path: Path, offset: int) -> bytes:
             return handle.read(READ_CHUNK_BYTES)
     except OSError:  # promoted or archived between looks: the attempt ended
         return b""
+
+
+def relocate_log(ws: Workspace, stage: str, partition_id: str, attempt: int) -> Callable[[], Path | None]:
+    """Return a lookup of attempt `attempt`'s log after it was promoted or archived (None if neither)."""
+
+    def find() -> Path | None:
+        try:
+            log = find_agent_log(ws, stage, partition_id)
+        except UsageError:
+            return None
+        return log.path if log.attempt == attempt and not log.is_live else None
+
+    return find
 
 
 def run_is_alive(root: Path) -> Callable[[], bool]:

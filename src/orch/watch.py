@@ -21,7 +21,8 @@ from orch.observe.progress import Phase, RunProgress
 from orch.observe.snapshot import Snapshot, take_snapshot
 from orch.workspace import Workspace
 
-# Seconds between disk snapshots (stale and complete counts); events are read every tick.
+# Least seconds between disk snapshots (done and stale counts; more on a big project);
+# events are read every tick.
 SNAPSHOT_EVERY_S = 3.0
 # Seconds between looks at whether the run's orchestrator is alive.
 ALIVE_EVERY_S = 1.0
@@ -113,6 +114,7 @@ class Watcher:
         self.reader = EventReader(run.events_path)
         self.snapshot: Snapshot | None = None
         self._snapshot_at = -SNAPSHOT_EVERY_S
+        self._snapshot_every_s = SNAPSHOT_EVERY_S
         self._alive_at = time.monotonic()
         self._disk_changed = True
 
@@ -135,15 +137,18 @@ class Watcher:
                 self.progress.apply_all(extra := self.reader.read())
                 events += extra
         ended = self.ended
-        due = now - self._snapshot_at >= SNAPSHOT_EVERY_S
+        due = now - self._snapshot_at >= self._snapshot_every_s
         if self._disk_changed and (due or ended):
             self.refresh_snapshot()
         return events
 
     def refresh_snapshot(self) -> None:
         """Look at the disk now (shallow: manifests, listings), joined with the live progress."""
+        started = time.monotonic()
         self.snapshot = take_snapshot(self.workspace, self.agent, self.run.run_id, progress=self.progress)
         self._snapshot_at = time.monotonic()
+        # a big project's snapshot takes a while: spend at most ~10% of the time on them
+        self._snapshot_every_s = max(SNAPSHOT_EVERY_S, 10 * (self._snapshot_at - started))
         self._disk_changed = False
 
     def view(self, now: float | None = None) -> WatchView:
@@ -194,7 +199,7 @@ def build_view(
         lines.append(
             StageLine(
                 name=name,
-                total=len(view.partitions) if view else 0,
+                total=len(view.partitions) if view else sum(live.values()),
                 done=view.counts.get("complete", 0) if view else live["done"],
                 running=live["running"] if state == "running" else 0,
                 queued=(waiting + live["queued"]) if state == "running" else 0,
