@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 from tests.e2e.test_execution import (
@@ -62,3 +63,25 @@ def test_logs_follow_reads_the_live_log_until_the_attempt_ends(make_project):
         if run.poll() is None:
             run.kill()
         run.communicate()
+
+
+def test_logs_follow_ends_quietly_with_130_on_ctrl_c(make_project):
+    project = make_project(n_items=1)
+    project.script({"default": {"action": "hang"}})
+    run = project.popen("run")
+    follow = None
+    try:
+        wait_until(project.invocations, what="the hanging agent")
+        follow = project.popen("logs", "-f", "work", "item01")
+        assert follow.stdout is not None
+        assert follow.stdout.readline() == "fake agent: hang for item01\n"
+        follow.send_signal(signal.SIGINT)
+        _, stderr = follow.communicate(timeout=15)
+        assert follow.returncode == 130
+        assert "error" not in stderr and "Traceback" not in stderr
+    finally:
+        for proc in (follow, run):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            if proc is not None:
+                proc.communicate()
