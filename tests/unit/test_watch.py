@@ -9,7 +9,8 @@ from typing import Any
 from orch.observe.events import Event, RunInfo
 from orch.observe.progress import RunProgress
 from orch.planwatch import ChangeFlag, changed_lines
-from orch.watch import build_view, event_text, format_money, format_seconds, render_plain
+from orch.watch import build_view
+from orch.watch_render import event_text, format_money, format_seconds, render_plain
 
 T0 = 1_000_000.0
 
