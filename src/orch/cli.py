@@ -586,6 +586,67 @@ def show(ctx: Context, stage_name: str, partition_id: str, all_attempts: bool, a
     ctx.out.file.write(format_show(data, all_attempts))
 
 
+@cli.command()
+@click.argument("stage_name", metavar="STAGE")
+@click.argument("partition_id", metavar="PARTITION")
+@click.option("-f", "--follow", is_flag=True, help="Follow the running attempt's log until it ends.")
+@pass_ctx
+def logs(ctx: Context, stage_name: str, partition_id: str, follow: bool) -> None:
+    """Print the agent log of a partition's running attempt, else of its last one."""
+    from orch.logs import find_agent_log, follow_log, relocate_log, run_is_alive
+
+    ws = ctx.workspace()
+    log = find_agent_log(ws, stage_name, partition_id)
+    click.echo(f"# {log.path.relative_to(ws.root)} (attempt {log.attempt}, {log.kind})", err=True)
+    out = sys.stdout.buffer
+    relocate = relocate_log(ws, stage_name, partition_id, log.attempt)
+    try:
+        for chunk in follow_log(log if follow else _finished(log), run_is_alive(ws.root), relocate=relocate):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        raise click.exceptions.Exit(130) from None
+
+
+def _finished(log: Any) -> Any:
+    """The same log, read once (no following)."""
+    from dataclasses import replace
+
+    return replace(log, kind="read-once") if log.is_live else log
+
+
+@cli.command()
+@click.option(
+    "--run",
+    "run_id",
+    metavar="ID",
+    is_flag=False,
+    flag_value="",
+    help="Watch this run (default: the newest). With --plan and no ID: also run what went stale.",
+)
+@click.option("--follow", is_flag=True, help="After the run ends, wait for the next one.")
+@click.option(
+    "--plan", "plan_", is_flag=True, help="Watch orch.yaml, agents/, references/; print what goes stale."
+)
+@agent_option
+@pass_ctx
+def watch(ctx: Context, run_id: str | None, follow: bool, plan_: bool, agent: str | None) -> None:
+    """Watch a run live (from any terminal), or with --plan, watch the project for edits."""
+    try:
+        if plan_:
+            from orch.planwatch import watch_plan
+
+            watch_plan(ctx.project, agent, run_stale=run_id is not None, out=sys.stdout)
+            return
+        if run_id == "":
+            raise UsageError("--run needs a run id (see wip/runs/), or use it with --plan")
+        from orch.watch import watch_runs
+
+        watch_runs(ctx.workspace(), run_id, follow=follow, agent=agent)
+    except KeyboardInterrupt:
+        raise click.exceptions.Exit(130) from None
+
+
 # -- agents -------------------------------------------------------------------------
 
 
@@ -781,8 +842,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(50_000, 20, 20)
     context = Context()
     try:
-        cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=context)
-        return 0
+        code = cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=context)
+        # a command that ends quietly with click.exceptions.Exit (e.g. Ctrl-C in `orch logs -f`)
+        return code if type(code) is int else 0
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.ClickException as err:

@@ -572,6 +572,9 @@ def show_partition(ws: Workspace, stage: str, partition_id: str, agent: str | No
             }
         )
     manifest = state.manifest
+    from orch.logs import find_live_log
+
+    live = find_live_log(ws, stage_name, partition_id)
     return {
         "stage": stage_name,
         "partition": partition_id,
@@ -586,6 +589,7 @@ def show_partition(ws: Workspace, stage: str, partition_id: str, agent: str | No
         else [],
         "prompt_file": f"{partition.out_dir}/{META_DIR}/prompt.md" if manifest else None,
         "log_file": f"{partition.out_dir}/{META_DIR}/{AGENT_LOG}" if manifest else None,
+        "live_log": str(live.path.relative_to(ws.root)) if live else None,
         "manifest": f"{partition.out_dir}/{META_DIR}/manifest.json" if manifest else None,
         "manifest_data": _manifest_summary(manifest),
         "findings": [str(f) for f in state.findings],
@@ -638,6 +642,11 @@ def format_show(data: dict[str, Any], all_attempts: bool = False) -> str:
     for key, label in (("prompt_file", "prompt"), ("log_file", "log"), ("manifest", "manifest")):
         if data[key]:
             out.append(f"  {label:<10} {data[key]}")
+    if data.get("live_log"):
+        out.append(
+            f"  live log   {data['live_log']}"
+            f" (running; follow it: orch logs -f {data['stage']} {data['partition']})"
+        )
     for output in data["outputs"]:
         out.append(f"  output     {output['path']} ({output['bytes']} bytes)")
     for finding in data["findings"]:
