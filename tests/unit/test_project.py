@@ -346,7 +346,7 @@ def test_retry_on_must_be_a_list(tmp_path):
     error = load_error(tmp_path, with_stage_keys("retry_on: timeout\n"))
     assert error.message == (
         "orch.yaml:6: stages.work.retry_on: expected a list of timeout, checks, agent_error, "
-        "http_429, http_5xx or exit codes, got 'timeout'"
+        "http_429, http_5xx, worker_lost or exit codes, got 'timeout'"
     )
 
 
