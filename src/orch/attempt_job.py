@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,9 +123,7 @@ def run_job(
         backends[job.agent_name] = create_backend(job.agent())
     result = asyncio.run(_supervise(backends[job.agent_name], spec, is_wanted))
     flush_tree(spec.work_dir)
-    return AttemptResult(
-        result.ok, result.error, result.error_class, result.exit_code, result.usage, result.retry_after_s, owner
-    )
+    return dataclasses.replace(result, worker=owner)
 
 
 async def _supervise(backend: Backend, spec: AttemptSpec, is_wanted: Callable[[], bool]) -> AttemptResult:

@@ -172,6 +172,11 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Wait this long for partitions held by another orch run (default: skip them).",
         ),
         click.option("--dry-run", is_flag=True, help="Show what would run; write nothing."),
+        click.option(
+            "--executor",
+            metavar="URL",
+            help="Where attempts run: local, or dask://host:8786 (default: orch.yaml's executor).",
+        ),
         json_option,
     ]
     for option in reversed(options):
@@ -200,6 +205,22 @@ def run_all(ctx: Context, until: str | None, from_: str | None, **options: Any) 
     from orch.commands import run_pipeline
 
     _finish_run(ctx, run_pipeline(ctx.workspace(), until, from_, **_run_kwargs(ctx, options)))
+
+
+@cli.command("worker")
+@click.argument("scheduler", metavar="SCHEDULER")
+@click.option("--slots", type=click.IntRange(min=1), metavar="N", help="Agents run at once (default: CPUs).")
+@click.option("--resources", metavar="NAME=N,...", help="Resources offered, e.g. claude=4,codex=2.")
+@click.option("--name", metavar="NAME", help="Worker name shown by Dask (default: its address).")
+def worker(scheduler: str, slots: int | None, resources: str | None, name: str | None) -> None:
+    """Serve a Dask cluster: run orch's attempts on this host (execs `dask worker`)."""
+    import os
+
+    from orch.dask_worker import worker_argv
+
+    argv = worker_argv(scheduler, slots, resources, name)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
 
 
 def _run_kwargs(ctx: Context, options: dict[str, Any]) -> dict[str, Any]:

@@ -278,6 +278,7 @@ def run_stages(
     wait_locks: float = 0.0,
     dry_run: bool = False,
     sinks_factory: Callable[[], EventSink] | None = None,
+    executor: str | None = None,
 ) -> RunResult:
     """Run `stages` (upstream first) and check their barriers.
 
@@ -321,13 +322,29 @@ def run_stages(
         wait_locks_s=wait_locks,
     )
     reporter = sinks_factory() if sinks_factory else None
-    scheduler = Scheduler(ws, options, [reporter] if reporter else [])
+    scheduler = Scheduler(ws, options, [reporter] if reporter else [], _executor(ws, executor))
     try:
         summary = asyncio.run(scheduler.run())
     finally:
         if reporter is not None and hasattr(reporter, "close"):
             reporter.close()
     return RunResult(summary=summary, barriers=summary.barriers)
+
+
+def _executor(ws: Workspace, url: str | None) -> Any:
+    """The executor for `--executor URL`, else orch.yaml's `executor:`, else None (local)."""
+    from orch.dask_config import executor_from_url
+
+    config = executor_from_url(url, ws.project.executor) if url else ws.project.executor
+    if config is None or config.kind == "local":
+        return None
+    try:
+        from orch.dask_executor import DaskExecutor
+    except ImportError as err:
+        raise UsageError(
+            f"the dask executor needs dask and distributed: {err}", "pip install 'orch[dask]'"
+        ) from err
+    return DaskExecutor(config, ws.root)
 
 
 def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options: Any) -> RunResult:

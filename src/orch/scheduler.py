@@ -208,6 +208,9 @@ class Scheduler:
                 self.options.max_parallel if len(self.options.stages) > 1 else None
             ) or self.ws.project.max_parallel
             self._global = asyncio.Semaphore(int(limit or 1))
+        start = getattr(self.executor, "start", None)
+        if start is not None:  # a cluster executor connects and checks its workers first
+            await start()
         self.log.emit(
             "run_started", stages=list(self.options.stages), partitions=len(partitions), pid=os.getpid()
         )
@@ -784,7 +787,7 @@ class Scheduler:
     def _is_retryable(self, stage: Stage, result: AttemptResult) -> bool:
         if self._stopping:
             return False
-        if stage.retry_on is None:
+        if stage.retry_on is None or result.error_class == "worker_lost":
             return True
         if result.error_class == "exit":
             return result.exit_code in stage.retry_on
@@ -961,6 +964,7 @@ def _attempt_record(number: int, started: float, result: AttemptResult) -> dict[
         "error_class": result.error_class,
         "exit_code": result.exit_code,
         "usage": result.usage.to_json() if result.usage else {},
+        **({"worker": result.worker} if result.worker else {}),
     }
 
 

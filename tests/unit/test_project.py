@@ -339,7 +339,9 @@ def test_retry_on_typo_suggests_class(tmp_path):
         error.message
         == "orch.yaml:6: stages.work.retry_on[1]: unknown retry class 'chekcs'; did you mean 'checks'?"
     )
-    assert error.hint == "use timeout, checks, agent_error, http_429, http_5xx, worker_lost or an exit code such as 1"
+    assert error.hint == (
+        "use timeout, checks, agent_error, http_429, http_5xx, worker_lost or an exit code such as 1"
+    )
 
 
 def test_retry_on_must_be_a_list(tmp_path):
