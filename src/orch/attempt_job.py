@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,12 @@ class AttemptJob:
     def of(cls, agent: AgentConfig, spec: AttemptSpec) -> AttemptJob:
         """Return the job for `spec` with `agent` (settings copied into plain containers)."""
         return cls(agent.name, agent.backend, _plain(agent.settings), spec)
+
+    @property
+    def backend_key(self) -> str:
+        """Identifies the agent and its settings: a worker shares one backend per key
+        (two projects, or an edited orch.yaml, may use one agent name differently)."""
+        return json.dumps([self.agent_name, self.backend, self.settings], sort_keys=True, default=str)
 
     def agent(self) -> AgentConfig:
         """Rebuild the agent record on the worker."""
@@ -100,7 +107,7 @@ def run_job(
     """Run `job` here (blocking): claim its staging directory, run, flush, report.
 
     Args:
-        backends: This process's backends by agent name (reused across jobs:
+        backends: This process's backends by `AttemptJob.backend_key` (reused across jobs:
             each keeps one reaper, which kills its agents if this process dies).
         owner: Who runs it (the worker's address), written in the claim and the result.
         is_wanted: Polled every 0.2 s; once False (the task was cancelled or its
@@ -119,9 +126,10 @@ def run_job(
             "worker_lost",
             worker=owner,
         )
-    if job.agent_name not in backends:
-        backends[job.agent_name] = create_backend(job.agent())
-    result = asyncio.run(_supervise(backends[job.agent_name], spec, is_wanted))
+    key = job.backend_key
+    if key not in backends:
+        backends[key] = create_backend(job.agent())
+    result = asyncio.run(_supervise(backends[key], spec, is_wanted))
     flush_tree(spec.work_dir)
     return dataclasses.replace(result, worker=owner)
 

@@ -29,7 +29,7 @@ class WorkerState:
     """orch's state inside one Dask worker process.
 
     Attributes:
-        backends: One backend per agent, reused by every attempt on this
+        backends: One backend per agent and settings, reused by every attempt on this
             worker (each holds a reaper that kills its agents if the worker dies).
         running: Staging directory (str) of each attempt running here, to the
             predicate saying whether its task is still wanted.
@@ -92,10 +92,10 @@ def execute(job: AttemptJob, key: str) -> AttemptResult:
     state.running[staging] = is_wanted
     try:
         with state.lock:  # one backend (and one reaper) per agent per worker
-            if job.agent_name not in state.backends:
+            if job.backend_key not in state.backends:
                 from orch.backends import create_backend
 
-                state.backends[job.agent_name] = create_backend(job.agent())
+                state.backends[job.backend_key] = create_backend(job.agent())
         return run_job(job, state.backends, str(worker.address), is_wanted)
     finally:
         state.running.pop(staging, None)
