@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -80,22 +80,9 @@ def claim(staging: Path, owner: str) -> bool:
         return False
     try:
         os.write(fd, f"{owner}\n".encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
     return True
-
-
-def flush_tree(root: Path) -> None:
-    """fsync every file under `root`, then the directories, so another host sees them."""
-    for dirpath, _dirs, files in os.walk(root):
-        for name in (*files, "."):
-            with contextlib.suppress(OSError):
-                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
 
 
 def run_job(
@@ -103,8 +90,14 @@ def run_job(
     backends: dict[str, Backend],
     owner: str,
     is_wanted: Callable[[], bool] = lambda: True,
+    run_coroutine: Callable[[Coroutine[Any, Any, AttemptResult]], AttemptResult] = asyncio.run,
 ) -> AttemptResult:
-    """Run `job` here (blocking): claim its staging directory, run, flush, report.
+    """Run `job` here (blocking): claim its staging directory, run, report.
+
+    Nothing needs flushing: the agent has exited, so every file it wrote is
+    closed, and NFS's close-to-open consistency makes closed files visible to
+    the next open on another host (`latency_wait` covers filesystems that lag
+    further; a host-wide `sync` would charge each attempt for all pending writes).
 
     Args:
         backends: This process's backends by `AttemptJob.backend_key` (reused across jobs:
@@ -112,6 +105,8 @@ def run_job(
         owner: Who runs it (the worker's address), written in the claim and the result.
         is_wanted: Polled every 0.2 s; once False (the task was cancelled or its
             client died) the agent is stopped (TERM, grace, KILL).
+        run_coroutine: Runs the attempt's coroutine to completion (a worker
+            passes its long-lived event loop; a new loop per attempt by default).
 
     Returns:
         The backend's result with `worker` set; `worker_lost` without running
@@ -129,8 +124,7 @@ def run_job(
     key = job.backend_key
     if key not in backends:
         backends[key] = create_backend(job.agent())
-    result = asyncio.run(_supervise(backends[key], spec, is_wanted))
-    flush_tree(spec.work_dir)
+    result = run_coroutine(_supervise(backends[key], spec, is_wanted))
     return dataclasses.replace(result, worker=owner)
 
 

@@ -9,11 +9,12 @@ orchestrator calls the other functions here through `client.submit` and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,23 @@ class WorkerState:
         self.backends: dict[str, Backend] = {}
         self.running: dict[str, Callable[[], bool]] = {}
         self.lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run_coroutine(self, coroutine: Coroutine[Any, Any, AttemptResult]) -> AttemptResult:
+        """Run `coroutine` on this worker's one agent event loop and wait (blocking).
+
+        One long-lived loop in its own thread, waiting for agents with pidfds,
+        instead of a new loop (and a waiter thread per child) per attempt.
+        """
+        with self.lock:
+            if self._loop is None:
+                from orch.scheduler import _use_pidfd_watcher
+
+                loop = asyncio.new_event_loop()
+                _use_pidfd_watcher(loop)
+                threading.Thread(target=loop.run_forever, name="orch-agents", daemon=True).start()
+                self._loop = loop
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
 
 #: Set in the worker's environment, so its agents carry the worker's address.
@@ -96,7 +114,7 @@ def execute(job: AttemptJob, key: str) -> AttemptResult:
                 from orch.backends import create_backend
 
                 state.backends[job.backend_key] = create_backend(job.agent())
-        return run_job(job, state.backends, str(worker.address), is_wanted)
+        return run_job(job, state.backends, str(worker.address), is_wanted, state.run_coroutine)
     finally:
         state.running.pop(staging, None)
 
