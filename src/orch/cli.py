@@ -345,10 +345,12 @@ def status(ctx: Context, stage_name: str | None) -> None:
     if ctx.json:
         print_json(ctx.out, {"stage": stage_name, "partitions": rows})
         return
+    workers = any(r["worker"] for r in rows)  # ran on a Dask cluster: say where
     print_table(
         ctx.out,
         None,
-        ["partition", "status", "attempts", "seconds", "tokens", "cost", "last error"],
+        ["partition", "status", "attempts", "seconds", "tokens", "cost", "last error"]
+        + (["worker"] if workers else []),
         [
             [
                 r["id"],
@@ -359,6 +361,7 @@ def status(ctx: Context, stage_name: str | None) -> None:
                 r["cost_usd"],
                 r["last_error"],
             ]
+            + ([r["worker"]] if workers else [])
             for r in rows
         ],
     )

@@ -223,6 +223,9 @@ def test_a_worker_without_the_resource_never_gets_its_attempts(
     project.orch("run", "--executor", cluster.url, check=True)
     workers = {m["attempts"][-1]["worker"] for m in manifests(project).values()}
     assert workers == {cluster.workers["w2"]}
+    status = project.orch("status", "work", "--json", check=True)
+    assert {row["worker"] for row in json.loads(status.stdout)["partitions"]} == workers
+    assert cluster.workers["w2"] in project.orch("status", "work", check=True).stdout
 
 
 @pytest.mark.chaos
