@@ -338,12 +338,9 @@ def _executor(ws: Workspace, url: str | None) -> Any:
     config = executor_from_url(url, ws.project.executor) if url else ws.project.executor
     if config is None or config.kind == "local":
         return None
-    try:
-        from orch.dask_executor import DaskExecutor
-    except ImportError as err:
-        raise UsageError(
-            f"the dask executor needs dask and distributed: {err}", "pip install 'orch[dask]'"
-        ) from err
+    from orch.dask_executor import DaskExecutor, require_distributed
+
+    require_distributed()
     return DaskExecutor(config, ws.root)
 
 

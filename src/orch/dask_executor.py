@@ -25,7 +25,7 @@ from typing import Any
 from orch.attempt_job import AttemptJob
 from orch.backends import AttemptResult, AttemptSpec
 from orch.dask_config import ExecutorConfig
-from orch.errors import ConfigError
+from orch.errors import ConfigError, UsageError
 from orch.executors import Admission, LocalExecutor
 from orch.project import AgentConfig
 
@@ -183,6 +183,17 @@ class DaskExecutor:
             client, self._client = self._client, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 10)
+
+
+def require_distributed() -> None:
+    """Raise UsageError unless dask's `distributed` package is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise UsageError(
+            "the dask executor needs dask and distributed, which are not installed",
+            "pip install 'orch[dask]' (on this host and on every worker host)",
+        )
 
 
 def _fail_fast(dask_scheduler: Any) -> None:

@@ -67,9 +67,12 @@ def _state(worker: Any) -> WorkerState:
     state = getattr(worker, "_orch_state", None)
     if state is None:
         state = worker._orch_state = WorkerState()
-        address = getattr(worker, "address", None)
-        if address:  # the agents started here inherit it (see sweep_orphans)
-            os.environ[WORKER_ENV] = str(address)
+    try:
+        address = worker.address
+    except (AttributeError, ValueError):  # not listening yet (at preload)
+        address = None
+    if address and os.environ.get(WORKER_ENV) != address:  # not yet known at preload
+        os.environ[WORKER_ENV] = str(address)  # its agents inherit it (see sweep_orphans)
     return state
 
 
@@ -152,7 +155,7 @@ def sweep_orphans(project_root: str, live_workers: list[str], dask_worker: Any =
         The pids signalled, sorted.
     """
     state = _state(dask_worker) if dask_worker is not None else WorkerState()
-    me = os.fsencode(str(getattr(dask_worker, "address", "")))
+    me = os.fsencode(str(dask_worker.address if dask_worker is not None else ""))
     live = {os.fsencode(p) for p, is_wanted in list(state.running.items()) if is_wanted()}
     others = {os.fsencode(w) for w in live_workers} - {me}
     prefix = os.fsencode(os.path.join(project_root, ""))
@@ -203,13 +206,14 @@ def worker_argv(
     Raises:
         UsageError: a bad scheduler address or resources not like `claude=4,codex=2`.
     """
-    import shutil
     import sys
 
     from orch.dask_config import check_address
+    from orch.dask_executor import require_distributed
     from orch.errors import UsageError
 
     address = check_address(scheduler, "SCHEDULER:", UsageError)
+    require_distributed()
     argv = [sys.executable, "-m", "distributed.cli.dask_worker", address]
     argv += ["--nthreads", str(slots or os.cpu_count() or 1), "--nworkers", "1", "--no-nanny"]
     argv += ["--preload", "orch.dask_worker", "--no-dashboard"]
@@ -225,8 +229,6 @@ def worker_argv(
         argv += ["--resources", " ".join(pairs)]
     if name:
         argv += ["--name", name]
-    if shutil.which(argv[0]) is None:  # pragma: no cover - sys.executable always exists
-        raise UsageError(f"cannot run {argv[0]}")
     return argv
 
 

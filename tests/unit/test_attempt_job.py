@@ -114,3 +114,32 @@ def test_latency_wait_polls_for_late_outputs(tmp_path: Path) -> None:
     assert not wait_for_outputs(spec, 0.2)
     (spec.work_dir / "out.md").write_text("x")
     assert wait_for_outputs(spec, 0.2)
+
+
+def test_sweep_kills_only_orphans_of_dask_workers(tmp_path: Path) -> None:
+    """Dead worker's and unowned agents die; live workers' and non-Dask agents survive."""
+    import subprocess
+    import types
+
+    from orch.dask_worker import sweep_orphans
+
+    def agent(name: str, worker: str | None) -> subprocess.Popen[bytes]:
+        env = {"ORCH_OUTPUT_DIR": str(tmp_path / name), "PATH": "/usr/bin:/bin"}
+        if worker:
+            env["ORCH_DASK_WORKER"] = worker
+        return subprocess.Popen(["sleep", "30"], env=env)
+
+    me = types.SimpleNamespace(address="tcp://me:1")
+    procs = {
+        "dead": agent("a", "tcp://dead:1"),
+        "mine": agent("b", "tcp://me:1"),
+        "live": agent("c", "tcp://other:1"),
+        "local": agent("d", None),
+    }
+    try:
+        killed = sweep_orphans(str(tmp_path), ["tcp://me:1", "tcp://other:1"], me)
+        assert sorted(killed) == sorted([procs["dead"].pid, procs["mine"].pid])
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
