@@ -52,6 +52,8 @@ class DaskExecutor:
         self._client: Any = None
         self._token = uuid.uuid4().hex[:8]
         self._seq = itertools.count()
+        #: Attempts submitted but not yet reported started by a worker: key -> on_start.
+        self._waiting: dict[str, Callable[..., None]] = {}
 
     async def start(self) -> None:
         """Connect, check every worker, kill agents a dead orchestrator left on them.
@@ -96,6 +98,18 @@ class DaskExecutor:
                 "every worker needs the project at the same path and the same orch version",
             )
         await self._client.run(sweep_orphans, str(self.root), sorted(reports))
+        self._client.subscribe_topic(self._topic, self._on_started)
+
+    @property
+    def _topic(self) -> str:
+        """The Dask event topic on which workers report this run's attempts starting."""
+        return f"orch-started-{self._token}"
+
+    def _on_started(self, event: tuple[float, Any]) -> None:
+        message = event[1]
+        on_start = self._waiting.pop(str(message.get("key")), None)
+        if on_start is not None:
+            on_start(worker=message.get("worker"))
 
     def warm_up(self, agent: AgentConfig) -> None:
         """Warm up an agent that runs here (nothing to do for cluster agents)."""
@@ -107,9 +121,12 @@ class DaskExecutor:
         return self._admission.limiter(agent).current_limit()
 
     async def run(
-        self, agent: AgentConfig, spec: AttemptSpec, on_start: Callable[[], None] | None = None
+        self, agent: AgentConfig, spec: AttemptSpec, on_start: Callable[..., None] | None = None
     ) -> AttemptResult:
         """Run `spec`: on the cluster for a command agent, here otherwise.
+
+        On the cluster, `on_start(worker=ADDRESS)` is called once the worker
+        starts the attempt (not while it waits for a free slot).
 
         Raises:
             TimeoutError: the attempt ran past `spec.timeout_s` (its agent is stopped).
@@ -120,16 +137,18 @@ class DaskExecutor:
             await self.start()
 
         async def call() -> AttemptResult:
-            return await self._submit(agent, spec)
+            return await self._submit(agent, spec, on_start)
 
-        result = await self._admission.admit(agent, spec, call, on_start)
+        result = await self._admission.admit(agent, spec, call)
         if result.error_class == "timeout":
             raise TimeoutError(result.error)
         if result.ok and self.config.latency_wait_s > 0:
             await asyncio.to_thread(wait_for_outputs, spec, self.config.latency_wait_s)
         return result
 
-    async def _submit(self, agent: AgentConfig, spec: AttemptSpec) -> AttemptResult:
+    async def _submit(
+        self, agent: AgentConfig, spec: AttemptSpec, on_start: Callable[..., None] | None
+    ) -> AttemptResult:
         """One Dask task for the attempt; released as soon as it resolves."""
         from distributed import KilledWorker
 
@@ -137,12 +156,17 @@ class DaskExecutor:
 
         key = f"orch-{spec.stage}-{spec.partition}-{spec.attempt}-{self._token}-{next(self._seq)}"
         resources = dict(agent.settings.get("resources") or {}) or None
+        if on_start is not None:
+            self._waiting[key] = on_start
         future = self._client.submit(
-            execute, AttemptJob.of(agent, spec), key, key=key, pure=False, resources=resources
+            execute, AttemptJob.of(agent, spec), key, self._topic, key=key, pure=False, resources=resources
         )
         try:
             wait_s = spec.timeout_s + _TIMEOUT_SLACK_S if spec.timeout_s else None
             result: AttemptResult = await asyncio.wait_for(future, wait_s)
+            late = self._waiting.pop(key, None)
+            if late is not None:  # the result overtook the worker's start report
+                late(worker=result.worker)
             return result
         except KilledWorker as err:
             await self._stop(future, spec)
@@ -159,6 +183,9 @@ class DaskExecutor:
             return AttemptResult(False, f"dask: {type(err).__name__}: {err}", "worker_lost")
         finally:
             future.release()
+            never = self._waiting.pop(key, None)
+            if never is not None:  # failed or cancelled before a worker reported it started
+                never()
 
     async def _stop(self, future: Any, spec: AttemptSpec) -> None:
         """Cancel the task and kill the attempt's processes on every worker (bounded)."""

@@ -92,13 +92,15 @@ def dask_teardown(worker: Any) -> None:
             reaper.close()
 
 
-def execute(job: AttemptJob, key: str) -> AttemptResult:
+def execute(job: AttemptJob, key: str, topic: str | None = None) -> AttemptResult:
     """Run one attempt on this worker (the Dask task; blocking, in a worker thread).
 
     Args:
         job: The attempt.
         key: This task's Dask key; once the scheduler stops wanting it
             (cancelled, or its client died) the agent is stopped.
+        topic: The Dask event topic on which to report `{key, worker}` as the
+            attempt starts (the orchestrator's `started` event names the worker).
     """
     from distributed import get_worker
 
@@ -111,6 +113,8 @@ def execute(job: AttemptJob, key: str) -> AttemptResult:
 
     staging = str(job.spec.work_dir)
     state.running[staging] = is_wanted
+    if topic:
+        worker.log_event(topic, {"key": key, "worker": str(worker.address)})
     try:
         with state.lock:  # one backend (and one reaper) per agent per worker
             if job.backend_key not in state.backends:

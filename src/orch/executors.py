@@ -26,6 +26,8 @@ class Executor(Protocol):
     ) -> AttemptResult:
         """Run `spec` with `agent`; call `on_start` when the attempt really starts.
 
+        A cluster executor passes `worker=ADDRESS` to `on_start`.
+
         `spec.timeout_s` counts from then; on expiry raise TimeoutError. Cancelling
         must stop the agent before returning.
         """

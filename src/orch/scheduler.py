@@ -645,7 +645,7 @@ class Scheduler:
             retry_after_cap_s=stage.backoff_cap_s,
         )
 
-        def started() -> None:
+        def started(worker: str | None = None) -> None:
             self.log.emit(
                 "started",
                 stage=stage.name,
@@ -654,6 +654,7 @@ class Scheduler:
                 agent=agent.name,
                 reason=why,
                 limit=self.executor.limit_of(agent),
+                **({"worker": worker} if worker else {}),
             )
 
         try:

@@ -171,6 +171,11 @@ def test_dask_run_matches_a_local_run(cluster: Cluster, dask_project: Callable[.
         assert manifest["attempts"][-1]["worker"] in cluster.workers.values()
         assert "worker" not in local[item]["attempts"][-1]
     assert (project.root / "data/work/item01/out.md").read_text().startswith("## Result")
+    run_dirs = sorted((project.root / "wip/runs").iterdir())
+    events = [json.loads(line) for line in (run_dirs[-1] / "events.jsonl").read_text().splitlines()]
+    started = [e for e in events if e["event"] == "started"]
+    assert len(started) == 4
+    assert {e["worker"] for e in started} <= set(cluster.workers.values())
 
 
 def test_executor_from_orch_yaml_and_a_failing_agent_retried(
