@@ -81,6 +81,7 @@ class Project:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("ORCH_PROJECT", None)
+        env.pop("ORCH_AGENT", None)
         env["FAKE_AGENT_SCRIPT"] = str(self.script_path)
         env["FAKE_AGENT_LOG"] = str(self.log_path)
         env["PYTHONPATH"] = str(REPO / "src")

@@ -17,7 +17,15 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+import jinja2.sandbox
 
+from orch.blueprint_sandbox import (
+    MAX_LOOP_ITERATIONS,
+    MAX_OUTPUT_CHARS,
+    BlueprintEnvironment,
+    BlueprintLimitError,
+    bounded_render,
+)
 from orch.documents import parse_yaml, read_text
 from orch.errors import BlueprintError, ConfigError, did_you_mean
 
@@ -60,14 +68,8 @@ class Blueprint:
         return self.body_line
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
+def _environment(agents_dir: Path | None = None) -> jinja2.Environment:
+    return BlueprintEnvironment(agents_dir, convert_placeholders)
 
 
 def convert_placeholders(text: str) -> str:
@@ -84,15 +86,19 @@ def convert_placeholders(text: str) -> str:
     return PLACEHOLDER.sub(replace, text)
 
 
-def parse_blueprint(text: str, label: str) -> Blueprint:
+def parse_blueprint(text: str, label: str, agents_dir: Path | None = None) -> Blueprint:
     """Parse and compile blueprint `text`; `label` is its project-relative path.
+
+    The template renders sandboxed and bounded (see `orch.blueprint_sandbox`);
+    `{% include %}`, `import` and `extends` reach only files under
+    `agents_dir` (none at all when it is None).
 
     Raises:
         BlueprintError: bad front matter or Jinja syntax, with `label:line`.
     """
     description, params, body, body_line = _split_front_matter(text, label)
     converted = convert_placeholders(body)
-    env = _environment()
+    env = _environment(agents_dir)
     try:
         tree = env.parse(converted, name=label, filename=label)
         code = env.compile(tree, name=label, filename=label)
@@ -123,10 +129,25 @@ def load_blueprint(root: Path, rel: str) -> Blueprint:
     """Read and parse the blueprint at `root/rel`.
 
     Raises:
-        ConfigError: the file is missing or unreadable.
+        ConfigError: the file is missing, unreadable, not a regular file or
+            outside the project (symlinks resolved).
         BlueprintError: the blueprint does not parse.
     """
-    return parse_blueprint(read_text(root / rel, rel), rel)
+    check_blueprint_path(root, rel)
+    return parse_blueprint(read_text(root / rel, rel), rel, root / "agents")
+
+
+def check_blueprint_path(root: Path, rel: str) -> None:
+    """Refuse a blueprint path outside the project (symlinks resolved) or with a NUL byte.
+
+    Raises:
+        ConfigError: `rel: blueprint file must be inside the project`.
+    """
+    if "\x00" in rel or Path(rel).is_absolute() or root.resolve() not in (root / rel).resolve().parents:
+        raise ConfigError(
+            f"{rel}: blueprint file must be inside the project",
+            "name a Markdown file under the project directory, e.g. agents/01.research.md",
+        )
 
 
 def _split_front_matter(text: str, label: str) -> tuple[str, dict[str, str], str, int]:
@@ -179,27 +200,54 @@ def render_blueprint(blueprint: Blueprint, values: Mapping[str, Any], context: s
         values: Name -> value; lists and mappings are usable from Jinja.
         context: Appended to errors, e.g. "stage deep_research, partition 1.1_x".
 
+    Rendering is sandboxed: no access to internal attributes (`__class__`,
+    `__globals__`, ...) or unsafe callables, at most MAX_OUTPUT_CHARS (16 Mi)
+    characters written and MAX_LOOP_ITERATIONS (1,000,000) loop iterations.
+
     Raises:
         BlueprintError: a name without value (`file:line: unknown placeholder
-            <NAME>; did you mean <NEAR>?`) or any other rendering error.
+            <NAME>; did you mean <NEAR>?`), a sandbox violation or bound, or any
+            other rendering error.
     """
     try:
-        return blueprint.template.render(values)
+        return bounded_render(blueprint.template, values)
     except jinja2.UndefinedError as err:
         raise _undefined_error(blueprint, values, err, context) from err
-    except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as err:
+    except (
+        jinja2.TemplateError,
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        ArithmeticError,
+        RecursionError,
+        MemoryError,
+    ) as err:
         if isinstance(err, ConfigError):
             raise
         line = _template_line(blueprint, err)
         where = f" ({context})" if context else ""
         hint = "fix the expression at that line"
+        if isinstance(err, jinja2.sandbox.SecurityError):
+            hint = (
+                "blueprints render sandboxed: they may read values and call safe methods, "
+                "not reach Python internals"
+            )
+        elif isinstance(err, BlueprintLimitError | RecursionError | MemoryError | OverflowError):
+            hint = (
+                f"a blueprint may write at most {MAX_OUTPUT_CHARS:,} characters and run at most "
+                f"{MAX_LOOP_ITERATIONS:,} loop iterations; make the loops and values smaller"
+            )
+        elif isinstance(err, jinja2.TemplateNotFound):
+            hint = "include, import and extend only files under agents/, by their path there"
         missing = re.search(r"has no attribute '([^']+)'", str(err))
         if missing:
             hint = (
                 f"'{missing.group(1)}' is not a field there; for INPUTS use child.id, "
                 "child.params.NAME, child.out_dir, child.files or child.read('file')"
             )
-        raise BlueprintError(f"{blueprint.path}:{line}: cannot render: {err}{where}", hint) from err
+        detail = str(err) or f"{type(err).__name__} (macros nest too deeply, or out of memory)"
+        raise BlueprintError(f"{blueprint.path}:{line}: cannot render: {detail}{where}", hint) from err
 
 
 def _template_line(blueprint: Blueprint, err: BaseException) -> int:

@@ -11,7 +11,7 @@ import gc
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,12 +49,16 @@ class Context:
     json: bool = False
     debug: bool = False
 
-    def workspace(self) -> Any:
-        """Load the project (walking up from cwd unless --project/ORCH_PROJECT)."""
+    def workspace(self, checked: bool = True) -> Any:
+        """Load the project (walking up from cwd unless --project/ORCH_PROJECT);
+        `checked`: run the load-time checks (Workspace.check) before returning."""
         from orch.project import find_root, load_project
         from orch.workspace import Workspace
 
-        return Workspace(load_project(find_root(explicit=self.project)))
+        ws = Workspace(load_project(find_root(explicit=self.project)))
+        if checked:
+            ws.check()
+        return ws
 
     @property
     def out(self) -> Console | PlainOut:
@@ -88,6 +92,13 @@ class PlainOut:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+AGENT_HELP = "Use this agent for every stage (else $ORCH_AGENT, else orch.yaml)."
+
+
+def agent_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--agent NAME`, the run-wide agent choice every command honours."""
+    return click.option("--agent", metavar="NAME", help=AGENT_HELP)(func)
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -161,7 +172,7 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--force", is_flag=True, help="Run every partition; old outputs are kept in wip/attempts/."
         ),
         click.option("--max-parallel", type=click.IntRange(min=1), metavar="N", help="Concurrency limit."),
-        click.option("--agent", metavar="NAME", help="Run with this agent instead of the configured one."),
+        agent_option,
         click.option("--keep-going", is_flag=True, help="Run every partition, report at the end (default)."),
         click.option("--halt-on", metavar="N%", help="Stop starting partitions once N% have failed."),
         click.option(
@@ -192,7 +203,21 @@ def stage_run(ctx: Context, stage_name: str, **options: Any) -> None:
     """Run one stage: every partition that is not complete."""
     from orch.commands import run_stages
 
-    _finish_run(ctx, run_stages(ctx.workspace(), [stage_name], **_run_kwargs(ctx, options)))
+    kwargs = _run_kwargs(ctx, options)
+    invocation = _invocation(ctx, ("stage", "run", stage_name), kwargs)
+    ws = ctx.workspace()
+    try:
+        result = run_stages(ws, [stage_name], **kwargs)
+    except StageBlocked as err:
+        first = ws.project.stage(stage_name).upstream[0]
+        upstream = replace(invocation, command=("stage", "run", first), only=(), force=False)
+        err.hint = (
+            f"run the upstream stage first ({upstream.line()}), or run the pipeline "
+            f"up to {stage_name} with: {replace(invocation.pipeline(), until=stage_name).line()}"
+        )
+        raise
+    result.invocation = invocation
+    _finish_run(ctx, result)
 
 
 @cli.command("run")
@@ -204,7 +229,38 @@ def run_all(ctx: Context, until: str | None, from_: str | None, **options: Any) 
     """Run the whole pipeline; a fan-in partition starts when its inputs pass."""
     from orch.commands import run_pipeline
 
-    _finish_run(ctx, run_pipeline(ctx.workspace(), until, from_, **_run_kwargs(ctx, options)))
+    kwargs = _run_kwargs(ctx, options)
+    result = run_pipeline(ctx.workspace(), until, from_, **kwargs)
+    result.invocation = _invocation(ctx, ("run",), kwargs, until, from_)
+    _finish_run(ctx, result)
+
+
+def _invocation(
+    ctx: Context,
+    command: tuple[str, ...],
+    kwargs: dict[str, Any],
+    until: str | None = None,
+    from_: str | None = None,
+) -> Any:
+    """The command as typed, for hints that repeat it (orch.hints)."""
+    from orch.hints import Invocation
+
+    return Invocation(
+        command,
+        ctx.project,
+        kwargs.get("agent"),
+        tuple(kwargs.get("only") or ()),
+        until,
+        from_,
+        bool(kwargs.get("force")),
+    )
+
+
+def _command(ctx: Context, *words: str) -> str:
+    """A pasteable `orch` command on this project (with `--project` when given)."""
+    from orch.hints import Invocation
+
+    return Invocation(tuple(words), ctx.project).line()
 
 
 @cli.command("worker")
@@ -297,18 +353,29 @@ def _finish_run(ctx: Context, result: Any) -> None:
 
 @cli.command()
 @click.argument("stage_name", metavar="[STAGE]", required=False)
-@click.option("--agent", metavar="NAME", help="Plan as if running with this agent.")
+@agent_option
+@click.option("--only", metavar="ID|GLOB,...", help="Plan only these partition ids or globs.")
+@click.option(
+    "--diff", "diff", is_flag=True, help="Show how each prompt differs from the one that made its outputs."
+)
 @json_option
 @pass_ctx
-def plan(ctx: Context, stage_name: str | None, agent: str | None) -> None:
-    """Show what a run would do for each partition, and why."""
-    from orch.commands import plan_stages
+def plan(ctx: Context, stage_name: str | None, agent: str | None, only: str | None, diff: bool) -> None:
+    """Show what a run would do for each partition, and why; end with an estimate."""
+    from orch.commands import plan_summary
     from orch.views import plan_json, plan_rows, print_json, print_table
 
-    planned = plan_stages(ctx.workspace(), stage_name, agent)
+    ws = ctx.workspace()
+    planned, summary = plan_summary(ws, stage_name, agent, _split_only(only))
+    if diff:
+        _print_diffs(ctx, ws, planned)
+        return
     if ctx.json:
         data = [plan_json(s, states) for s, states in planned]
-        print_json(ctx.out, data[0] if stage_name else data)
+        if stage_name:
+            print_json(ctx.out, {**data[0], "summary": summary.to_json()})
+        else:
+            print_json(ctx.out, data)
         return
     for name, states in planned:
         print_table(
@@ -317,31 +384,118 @@ def plan(ctx: Context, stage_name: str | None, agent: str | None) -> None:
             ["partition", "status", "action", "why", "output"],
             plan_rows(states),
         )
+    ctx.out.print(summary.line, highlight=False, markup=False)
+
+
+def _agent_flag(agent: str | None) -> tuple[str, ...]:
+    return ("--agent", agent) if agent else ()
+
+
+def _split_only(only: str | None) -> list[str] | None:
+    return [i.strip() for i in only.split(",") if i.strip()] if only else None
+
+
+def _print_diffs(ctx: Context, ws: Any, planned: Any) -> None:
+    """Print `plan --diff`: a unified diff per partition whose prompt changed."""
+    from orch.diff import prompt_diffs
+    from orch.views import print_json
+
+    diffs = prompt_diffs(str(ws.root), planned)
+    if ctx.json:
+        print_json(
+            ctx.out,
+            [
+                {"stage": d.stage, "partition": d.partition, "diff": list(d.diff), "note": d.note}
+                for d in diffs
+            ],
+        )
+        return
+    for d in diffs:
+        text = "\n".join(d.diff) if d.diff else f"# {d.stage}/{d.partition}: {d.note}"
+        ctx.out.file.write(text + "\n")
+    changed = sum(1 for d in diffs if d.diff)
+    total = sum(len(states) for _, states in planned)
+    ctx.err.print(
+        f"{changed} of {total} prompt(s) differ from the prompt that produced their outputs", markup=False
+    )
+
+
+@cli.command()
+@click.argument("stage_name", metavar="STAGE")
+@click.option("--only", metavar="ID|GLOB,...", help="Accept only these partition ids or globs.")
+@click.option("--agent", metavar="NAME", help="Accept as if running with this agent.")
+@json_option
+@pass_ctx
+def accept(ctx: Context, stage_name: str, only: str | None, agent: str | None) -> None:
+    """Mark stale partitions up to date without running them, if their outputs pass."""
+    from orch.accept import accept_stage
+    from orch.views import print_json, print_table
+
+    report = accept_stage(ctx.workspace(), stage_name, _split_only(only), agent)
+    if ctx.json:
+        print_json(
+            ctx.out,
+            {"stage": report.stage, "run_id": report.run_id, "partitions": [vars(i) for i in report.items]},
+        )
+    else:
+        shown = [[i.partition, i.outcome, i.detail] for i in report.items if i.outcome != "up to date"]
+        if shown:
+            print_table(ctx.out, None, ["partition", "outcome", "detail"], shown)
+        ctx.out.print(
+            f"{report.count('accepted')} accepted · {report.count('up to date')} already up to date"
+            + (f" · {len(report.refused)} not accepted" if report.refused else ""),
+            highlight=False,
+            markup=False,
+        )
+    if report.refused:
+        ids = ",".join(i.partition for i in report.refused[:20])
+        rerun = _command(ctx, "stage", "run", report.stage, *_agent_flag(agent), "--only", ids)
+        raise BarrierNotMet(
+            f"{len(report.refused)} partition(s) of {report.stage} were not accepted (see above)",
+            f"rerun them with: {rerun}",
+        )
 
 
 @cli.command()
 @click.argument("stage_name", metavar="[STAGE]", required=False)
+@agent_option
 @json_option
 @pass_ctx
-def status(ctx: Context, stage_name: str | None) -> None:
+def status(ctx: Context, stage_name: str | None, agent: str | None) -> None:
     """Counts per status for every stage, or a per-partition table for one."""
-    from orch.commands import stage_status, status_all
-    from orch.views import STATUS_ORDER, print_json, print_table
+    from orch.commands import stage_status, status_usage
+    from orch.views import STATUS_ORDER, print_json, print_table, usage_cells
 
     ws = ctx.workspace()
     if stage_name is None:
-        overview = status_all(ws)
+        overview, by_agent, total = status_usage(ws, agent)
         if ctx.json:
             print_json(ctx.out, overview)
             return
         print_table(
             ctx.out,
             None,
-            ["stage", "partitions", *STATUS_ORDER],
-            [[o["stage"], o["partitions"], *o["counts"].values()] for o in overview],
+            ["stage", "partitions", *STATUS_ORDER, "tokens", "cost"],
+            [
+                [o["stage"], o["partitions"], *o["counts"].values(), *usage_cells(o["usage"])]
+                for o in overview
+            ],
+        )
+        if by_agent:
+            print_table(
+                ctx.out,
+                None,
+                ["agent", "attempts", "tokens", "cost"],
+                [[name, u["attempts"], *usage_cells(u)] for name, u in by_agent.items()],
+            )
+        tokens, cost = usage_cells(total)
+        ctx.out.print(
+            f"in all: {total['attempts']} attempt(s) · {tokens or 0} tokens · {cost or 'no cost reported'}",
+            highlight=False,
+            markup=False,
         )
         return
-    rows = stage_status(ws, stage_name)
+    rows = stage_status(ws, stage_name, agent)
     if ctx.json:
         print_json(ctx.out, {"stage": stage_name, "partitions": rows})
         return
@@ -369,14 +523,15 @@ def status(ctx: Context, stage_name: str | None) -> None:
 
 @cli.command()
 @click.argument("stage_name", metavar="STAGE")
+@agent_option
 @json_option
 @pass_ctx
-def barrier(ctx: Context, stage_name: str) -> None:
+def barrier(ctx: Context, stage_name: str, agent: str | None) -> None:
     """Check a stage's outputs on disk now; report what is missing where."""
     from orch.barriers import check_barrier
     from orch.views import print_json, print_table
 
-    report = check_barrier(ctx.workspace(), stage_name)
+    report = check_barrier(ctx.workspace(), stage_name, agent)
     if ctx.json:
         print_json(ctx.out, report.to_json())
     elif report.entries:
@@ -389,7 +544,7 @@ def barrier(ctx: Context, stage_name: str) -> None:
     if not report.met:
         raise BarrierNotMet(
             f"barrier {stage_name}: {report.complete} of {report.total} partitions complete",
-            f"rerun the missing ones with: orch stage run {stage_name}",
+            f"rerun the missing ones with: {_command(ctx, 'stage', 'run', stage_name)}",
         )
     if not ctx.json:
         ctx.out.print(f"barrier {stage_name}: met ({report.total} of {report.total} complete)")
@@ -399,20 +554,60 @@ def barrier(ctx: Context, stage_name: str) -> None:
 @click.argument("stage_name", metavar="STAGE")
 @click.argument("partition_id", metavar="PARTITION")
 @click.option("--all", "all_attempts", is_flag=True, help="Show every archived attempt, not just the newest.")
+@agent_option
 @json_option
 @pass_ctx
-def show(ctx: Context, stage_name: str, partition_id: str, all_attempts: bool) -> None:
+def show(ctx: Context, stage_name: str, partition_id: str, all_attempts: bool, agent: str | None) -> None:
     """Everything about one partition: paths, prompt, manifest, attempts, errors."""
     from orch.commands import show_partition
     from orch.views import print_json
 
-    data = show_partition(ctx.workspace(), stage_name, partition_id)
+    data = show_partition(ctx.workspace(), stage_name, partition_id, agent)
     if ctx.json:
         print_json(ctx.out, data)
         return
     from orch.commands import format_show
 
     ctx.out.file.write(format_show(data, all_attempts))
+
+
+# -- agents -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("stage_names", metavar="[STAGE]...", nargs=-1)
+@agent_option
+@json_option
+@pass_ctx
+def doctor(ctx: Context, stage_names: tuple[str, ...], agent: str | None) -> None:
+    """Check agents: command found, key set, endpoint answers, reply-mode fits; versions.
+
+    Without STAGE: every agent in orch.yaml (or the --agent/$ORCH_AGENT one).
+    """
+    from orch.preflight import check_agents, doctor_scope, raise_for_problems
+    from orch.views import print_json, print_table
+
+    ws = ctx.workspace()
+    checks = check_agents(ws.project, doctor_scope(ws, stage_names, agent), versions=True)
+    if ctx.json:
+        print_json(ctx.out, [c.to_json() for c in checks])
+    else:
+        print_table(
+            ctx.out,
+            None,
+            ["agent", "backend", "stages", "check", "version"],
+            [
+                [c.agent, c.backend, _few(c.stages), "ok" if c.ok else "FAIL", c.version or "-"]
+                for c in checks
+            ],
+        )
+    raise_for_problems(checks, doctor=True)
+    if not ctx.json:
+        ctx.out.print(f"doctor: {len(checks)} agent(s) ready", highlight=False, markup=False)
+
+
+def _few(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "") if names else "-"
 
 
 # -- blueprints ---------------------------------------------------------------------
@@ -426,14 +621,15 @@ def blueprint() -> None:
 @blueprint.command("render")
 @click.argument("stage_name", metavar="STAGE")
 @click.argument("partition_id", metavar="PARTITION")
+@agent_option
 @json_option
 @pass_ctx
-def blueprint_render(ctx: Context, stage_name: str, partition_id: str) -> None:
+def blueprint_render(ctx: Context, stage_name: str, partition_id: str, agent: str | None) -> None:
     """Print exactly the prompt the agent of STAGE/PARTITION receives."""
     from orch.commands import render_prompt
     from orch.views import print_json
 
-    prompt = render_prompt(ctx.workspace(), stage_name, partition_id)
+    prompt = render_prompt(ctx.workspace(), stage_name, partition_id, agent)
     if ctx.json:
         print_json(ctx.out, {"stage": stage_name, "partition": partition_id, "prompt": prompt})
     else:
@@ -449,7 +645,7 @@ def blueprint_check(ctx: Context, file: Path | None) -> None:
     from orch.commands import check_blueprints
     from orch.views import print_json
 
-    report = check_blueprints(ctx.workspace(), file)
+    report = check_blueprints(ctx.workspace(checked=False), file)
     if ctx.json:
         print_json(ctx.out, report.to_json())
     else:
@@ -523,6 +719,21 @@ def exit_code_for(error: BaseException) -> int:
     return 1
 
 
+def with_project(hint: str, project: str | None) -> str:
+    """Add `--project DIR` to every `orch <command>` in a hint, so it works pasted anywhere.
+
+    Hints built by `orch.hints` already carry it; library hints ("list them
+    with: orch plan work") get it here.
+    """
+    if not project:
+        return hint
+    import re
+    import shlex
+
+    commands = "|".join(re.escape(name) for name in cli.commands)
+    return re.sub(rf"\borch (?=(?:{commands})\b)", f"orch --project {shlex.quote(project)} ", hint)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; print errors as `error: ...` / `hint: ...`; return the exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -530,8 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     # CPython's default gen-0 threshold (700) `orch status` on 10k partitions
     # spent ~40% of its time in the cyclic collector (bench/status.py).
     gc.set_threshold(50_000, 20, 20)
+    context = Context()
     try:
-        cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=Context())
+        cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=context)
         return 0
     except click.exceptions.Exit as done:
         return int(done.exit_code)
@@ -546,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         click.echo(f"error: {err.message}", err=True)
         if err.hint:
-            click.echo(f"hint: {err.hint}", err=True)
+            click.echo(f"hint: {with_project(err.hint, context.project)}", err=True)
         return exit_code_for(err)
     except BrokenPipeError:
         return 1

@@ -26,10 +26,11 @@ from orch.errors import (
     did_you_mean,
 )
 from orch.expect import META_DIR
+from orch.hints import Invocation
 from orch.partitions import Partition
 from orch.plan import PartitionState, Planner, upstream_blockers
 from orch.state import AGENT_LOG, Manifest, list_attempts, read_error
-from orch.views import status_overview, status_rows
+from orch.views import current_error, status_overview, status_rows
 from orch.workspace import ChildKey, Workspace
 
 if TYPE_CHECKING:
@@ -63,12 +64,18 @@ def list_stages(ws: Workspace) -> list[dict[str, Any]]:
 
 
 def plan_stages(
-    ws: Workspace, stage: str | None, agent: str | None = None, only: Sequence[str] | None = None
+    ws: Workspace,
+    stage: str | None,
+    agent: str | None = None,
+    only: Sequence[str] | None = None,
+    planner: Planner | None = None,
 ) -> list[tuple[str, list[PartitionState]]]:
-    """Return `(stage, states)` for one stage or all, narrowed to `only` ids."""
-    if agent:
-        ws.project.agent(agent)
-    planner = Planner(ws, agent)
+    """Return `(stage, states)` for one stage or all, narrowed to `only` ids.
+
+    Raises:
+        UsageError: `agent` (or $ORCH_AGENT) names no agent of orch.yaml.
+    """
+    planner = planner or Planner(ws, agent)
     names = [ws.project.stage(stage).name] if stage else list(ws.project.stages)
     selected = set(select_only(ws, names, only)) if only else None
     result = []
@@ -80,21 +87,91 @@ def plan_stages(
     return result
 
 
-def status_all(ws: Workspace) -> list[dict[str, Any]]:
-    """Return counts per status for every stage."""
-    return status_overview(Planner(ws))
+def status_all(ws: Workspace, agent: str | None = None) -> list[dict[str, Any]]:
+    """Return counts per status for every stage, judged for `agent` (the run-wide
+    override), with its `usage` so far (see `status_usage`)."""
+    return status_usage(ws, agent)[0]
 
 
-def stage_status(ws: Workspace, stage: str) -> list[dict[str, Any]]:
-    """Return the per-partition status rows of one stage."""
-    planner = Planner(ws)
+def status_usage(
+    ws: Workspace, agent: str | None = None
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Return the stage overview, usage per agent, and usage in all, across runs.
+
+    Each overview row gains `usage`: the stage's tokens, cost and attempts
+    counted from manifests and archived attempts (`orch.costs.spending`).
+    """
+    from orch.costs import spending
+
+    planner = Planner(ws, agent, lines=False)  # counts only: no stale reasons shown
+    overview = status_overview(planner)
+    spent = spending(planner)
+    for row in overview:
+        row["usage"] = spent.by_stage[row["stage"]].to_json()
+    by_agent = {name: t.to_json() for name, t in sorted(spent.by_agent.items())}
+    return overview, by_agent, spent.total.to_json()
+
+
+@dataclass
+class PlanSummary:
+    """The last line of `orch plan`: counts by action and the estimated cost."""
+
+    actions: dict[str, int]
+    cost_usd: float
+    no_history: list[str]
+
+    @property
+    def line(self) -> str:
+        """E.g. "2 to run · 53 up to date · est. $0.40", or "... · no cost history for agent x"."""
+        words = {"run": "to run", "wait": "waiting for inputs", "held": "held by another run"}
+        parts = [f"{n} {words[a]}" for a, n in self.actions.items() if a != "skip" and n]
+        parts = parts or ["nothing to run"]
+        parts.append(f"{self.actions.get('skip', 0)} up to date")
+        if self.actions.get("run", 0) + self.actions.get("wait", 0):
+            if self.cost_usd or not self.no_history:
+                known = " (for agents with history)" if self.no_history else ""
+                parts.append(f"est. ${self.cost_usd:.2f}{known}")
+            if self.no_history:
+                label = "agent" if len(self.no_history) == 1 else "agents"
+                parts.append(f"no cost history for {label} {', '.join(self.no_history)}")
+        return " · ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "actions": self.actions,
+            "est_cost_usd": round(self.cost_usd, 6),
+            "no_cost_history": self.no_history,
+        }
+
+
+def plan_summary(
+    ws: Workspace, stage: str | None, agent: str | None = None, only: Sequence[str] | None = None
+) -> tuple[list[tuple[str, list[PartitionState]]], PlanSummary]:
+    """Plan as `plan_stages`, and estimate the cost of what would run (`orch.costs`)."""
+    from orch.costs import estimate, spending
+    from orch.views import plan_action
+
+    planner = Planner(ws, agent)
+    planned = plan_stages(ws, stage, agent, only, planner)
+    actions = {"run": 0, "wait": 0, "held": 0, "skip": 0}
+    for _, states in planned:
+        for state in states:
+            actions[plan_action(state)] += 1
+    dollars, unknown = estimate(planner, planned, spending(planner))
+    return planned, PlanSummary(actions, dollars, unknown)
+
+
+def stage_status(ws: Workspace, stage: str, agent: str | None = None) -> list[dict[str, Any]]:
+    """Return the per-partition status rows of one stage, judged for `agent`."""
+    planner = Planner(ws, agent)
     return status_rows(planner, planner.stage_states(ws.project.stage(stage).name))
 
 
-def render_prompt(ws: Workspace, stage: str, partition_id: str) -> str:
-    """Return the prompt of one partition; inputs not yet complete show as placeholders."""
+def render_prompt(ws: Workspace, stage: str, partition_id: str, agent: str | None = None) -> str:
+    """Return the prompt of one partition; inputs not yet complete (for `agent`) show as placeholders."""
     partition = ws.partitions.get(ws.project.stage(stage).name, partition_id)
-    return ws.render(partition, preview_manifests(Planner(ws), partition), preview=True)
+    return ws.render(partition, preview_manifests(Planner(ws, agent), partition), preview=True)
 
 
 @dataclass
@@ -204,6 +281,7 @@ class RunResult:
     summary: RunSummary | None = None
     barriers: list[BarrierReport] = field(default_factory=list)
     dry_run: list[tuple[str, list[PartitionState]]] | None = None
+    invocation: Invocation = field(default_factory=Invocation)
 
     @property
     def headline(self) -> str:
@@ -229,31 +307,42 @@ class RunResult:
         )
 
     def raise_for_status(self) -> None:
-        """Raise the error that sets the exit code: 130, 3, 4 or none."""
+        """Raise the error that sets the exit code: 130, 3, 4 or none.
+
+        Hints are commands built from `invocation`, to paste as printed.
+        """
         summary = self.summary
         if summary is None:
             return
+        again = self.invocation
+        unfinished = [o.partition for o in summary.outcomes if o.status not in ("complete", "up-to-date")]
         if summary.interrupted:
             raise Interrupted(
                 "run interrupted; running agents were terminated and recorded",
-                "run the same command again to resume",
+                _resume_hint(again, unfinished, "resume with: "),
             )
         bad = [o for o in summary.outcomes if o.status in ("failed", "blocked", "halted", "interrupted")]
         if bad and all(o.status == "halted" for o in bad):
             raise PartitionsFailed(
                 f"{len(bad)} of {len(summary.outcomes)} partitions were not started: "
                 f"{summary.halted or bad[0].reason}",
-                "run the same command again to continue (raise max_cost_usd in orch.yaml if a "
-                "budget stopped the run)",
+                _resume_hint(again, unfinished, "continue with: ")
+                + " (raise max_cost_usd in orch.yaml if a budget stopped the run)",
             )
         if bad:
-            first = bad[0]
+            first = next((o for o in bad if o.status == "failed"), bad[0])
+            blocked = any(o.status == "blocked" for o in bad)
+            rerun = (
+                f"rerun the failed ones and the partitions they block with: {again.pipeline().line()}"
+                if blocked
+                else f"rerun the failed ones with: {again.line('--retry-failed')}"
+            )
             raise PartitionsFailed(
                 f"{len(bad)} of {len(summary.outcomes)} partitions did not complete "
                 f"({', '.join(f'{o.stage}/{o.partition}' for o in bad[:5])}"
-                f"{' ...' if len(bad) > 5 else ''}); see wip/notes.md",
-                f"inspect with: orch show {first.stage} {first.partition}; "
-                f"rerun the failed ones with: orch stage run {first.stage} --retry-failed",
+                f"{' ...' if len(bad) > 5 else ''}); see wip/notes.md"
+                + (f"\n{summary.disk_fault}" if summary.disk_fault else ""),
+                f"inspect with: {again.other('show', first.stage, first.partition).line()}; {rerun}",
             )
         unmet = [b for b in self.barriers if not b.met]
         if unmet:
@@ -261,8 +350,22 @@ class RunResult:
             raise BarrierNotMet(
                 f"barrier not met for {', '.join(b.stage for b in unmet)}"
                 + (f" ({len(held)} partition(s) held by another orch run)" if held else ""),
-                f"check with: orch barrier {unmet[0].stage}",
+                f"check with: {again.other('barrier', unmet[0].stage).line()}",
             )
+
+
+def _resume_hint(again: Invocation, unfinished: list[str], label: str) -> str:
+    """The command that picks up where a stopped run left off.
+
+    Repeating `--force` would redo what the run finished, so a forced run's
+    hint forces only the partitions it did not finish.
+    """
+    if again.force and unfinished:
+        return (
+            f"force only the {len(unfinished)} partition(s) this run did not finish: "
+            f"{again.with_only(unfinished).line('--force')}"
+        )
+    return f"{label}{again.line()}"
 
 
 def run_stages(
@@ -286,13 +389,14 @@ def run_stages(
         ConfigError / BlueprintError: before anything runs, if any prompt in
             scope cannot be rendered (nothing is written).
         UsageError: unknown partition ids in `only`, or an unknown agent.
+        PreflightFailed: an agent the run needs cannot work (before anything
+            is written: no staging directory, attempt folder or event log).
         StageBlocked: a partition's upstream input is not complete (single
             stage runs only; `orch run` blocks per partition instead).
     """
     names = [ws.project.stage(s).name for s in stages]
-    if agent:
-        ws.project.agent(agent)
     planner = Planner(ws, agent)
+    agent = planner.agent_override
     if only:
         only = select_only(ws, names, only)
     in_run = set(names)
@@ -307,6 +411,9 @@ def run_stages(
                 (n, [s for s in planner.stage_states(n) if not only or s.partition.id in only]) for n in names
             ]
         )
+    from orch.preflight import check_agents, raise_for_problems, run_scope
+
+    raise_for_problems(check_agents(ws.project, run_scope(planner, names, only, retry_failed, force)))
     import asyncio
 
     from orch.scheduler import RunOptions, Scheduler
@@ -400,11 +507,11 @@ def select_only(ws: Workspace, names: Sequence[str], patterns: Sequence[str]) ->
     return sorted(selected)
 
 
-def show_partition(ws: Workspace, stage: str, partition_id: str) -> dict[str, Any]:
-    """Return everything about one partition (paths relative to the project root)."""
+def show_partition(ws: Workspace, stage: str, partition_id: str, agent: str | None = None) -> dict[str, Any]:
+    """Return everything about one partition (paths relative to the project root), judged for `agent`."""
     stage_name = ws.project.stage(stage).name
     partition = ws.partitions.get(stage_name, partition_id)
-    planner = Planner(ws)
+    planner = Planner(ws, agent)
     state = planner.state(stage_name, partition_id)
     out_dir = ws.root / partition.out_dir
     attempts = []
@@ -439,8 +546,7 @@ def show_partition(ws: Workspace, stage: str, partition_id: str) -> dict[str, An
         "manifest_data": _manifest_summary(manifest),
         "findings": [str(f) for f in state.findings],
         "attempts": attempts,
-        "last_error": (state.last_error or {}).get("error")
-        or next((a["error"] for a in reversed(attempts) if a["error"]), None),
+        "last_error": (current_error(planner, state) or {}).get("error"),
         "prompt": state.prompt,
         "exists": out_dir.exists(),
     }

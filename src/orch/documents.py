@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,71 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+#: Deepest nesting of lists and mappings accepted in YAML and JSON input.
+MAX_DEPTH = 100
+#: Nodes that aliases (`*name`) may add to a YAML document when expanded:
+#: a "billion laughs" document is refused before it is built.
+MAX_ALIAS_NODES = 1_000_000
+
+
+class _BoundError(yaml.YAMLError):
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+def _check_yaml_bounds(text: str) -> None:
+    """Walk the parser's events (no document is built) and refuse input past
+    MAX_DEPTH nesting or MAX_ALIAS_NODES alias-expanded nodes.
+
+    libyaml's composer recurses in C, so deep nesting must be refused before
+    composing: at ~100,000 levels it crashes the interpreter.
+    """
+    start_events = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+    end_events = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+    # Per open collection: [nodes inside (expanded), deepest level inside, anchor]
+    stack: list[list[Any]] = [[0, 0, None]]
+    sizes: dict[str, tuple[int, int]] = {}
+    expanded = 0
+    for event in yaml.parse(text, Loader=_BaseLoader):
+        kind = type(event)
+        if kind is yaml.ScalarEvent:
+            stack[-1][0] += 1
+            if getattr(event, "anchor", None):
+                sizes[event.anchor] = (1, 0)  # type: ignore[attr-defined]
+        elif kind in start_events:
+            stack.append([0, 0, getattr(event, "anchor", None)])
+            if len(stack) - 1 > MAX_DEPTH:
+                raise _BoundError(f"lists and mappings nest deeper than {MAX_DEPTH} levels", event.start_mark)
+        elif kind in end_events:
+            size, depth, anchor = stack.pop()
+            if anchor:
+                sizes[anchor] = (size + 1, depth + 1)
+            stack[-1][0] += size + 1
+            stack[-1][1] = max(stack[-1][1], depth + 1)
+        elif kind is yaml.AliasEvent:
+            size, depth = sizes.get(getattr(event, "anchor", ""), (1, 0))
+            expanded += size
+            stack[-1][0] += size
+            stack[-1][1] = max(stack[-1][1], depth)
+            if expanded > MAX_ALIAS_NODES:
+                raise _BoundError(
+                    f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes (an alias bomb?)",
+                    event.start_mark,
+                )
+            if len(stack) - 1 + depth > MAX_DEPTH:
+                raise _BoundError(
+                    f"lists and mappings nest deeper than {MAX_DEPTH} levels (through an alias)",
+                    event.start_mark,
+                )
+
+
 def parse_yaml(text: str, label: str, line_offset: int = 0) -> Any:
     """Parse YAML text into LineDict/LineList values.
+
+    Input is bounded: at most MAX_DEPTH (100) levels of nesting and
+    MAX_ALIAS_NODES (1,000,000) nodes added by alias expansion.
 
     Args:
         text: The YAML source.
@@ -100,30 +164,74 @@ def parse_yaml(text: str, label: str, line_offset: int = 0) -> Any:
         line_offset: Added to reported lines (front matter starts past line 1).
 
     Raises:
-        ConfigError: `label:line: invalid YAML: ...` for any parser error.
+        ConfigError: `label:line: invalid YAML: ...` for any parser error or
+            bound passed.
     """
     try:
+        _check_yaml_bounds(text)
         return yaml.load(text, Loader=_LineLoader)
+    except RecursionError as err:
+        raise ConfigError(f"{label}: invalid YAML: nested too deeply", "flatten the structure") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{label}:{mark.line + 1 + line_offset}" if mark else label
         problem = getattr(err, "problem", None) or str(err)
         hint = "fix the syntax at that line"
+        if isinstance(err, _BoundError):
+            hint = (
+                f"orch reads at most {MAX_DEPTH} levels of nesting "
+                f"and {MAX_ALIAS_NODES:,} alias-expanded nodes"
+            )
         lines = text.splitlines()
         if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line]:
             hint = "that line contains a tab: YAML indents with spaces only"
         raise ConfigError(f"{where}: invalid YAML: {problem}", hint) from err
 
 
+#: Largest config, blueprint, references or schema file orch reads: 1 GiB.
+MAX_FILE_BYTES = 1024**3
+
+
 def read_text(path: Path, label: str) -> str:
-    """Read a UTF-8 file, turning OS and decoding errors into ConfigError."""
+    """Read a UTF-8 regular file, turning OS and decoding errors into ConfigError.
+
+    The file is opened non-blocking and checked to be a regular file of at
+    most MAX_FILE_BYTES before reading, so a FIFO, socket or device is an
+    error, never a hang.
+    """
     try:
-        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the data
-        return path.read_text(encoding="utf-8-sig")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as err:
         raise ConfigError(f"{label}: file not found") from err
+    except ValueError as err:  # an embedded NUL byte
+        raise ConfigError(f"{label}: cannot read: the path contains a NUL byte") from err
+    except OSError as err:
+        raise ConfigError(f"{label}: cannot read: {err}") from err
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise ConfigError(
+                f"{label}: cannot read: not a regular file (a FIFO, socket or device)",
+                "replace it with a regular file",
+            )
+        if os.fstat(fd).st_size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"{label}: cannot read: larger than {MAX_FILE_BYTES:,} bytes",
+                "split the file, or keep only what the stages need in it",
+            )
+        with os.fdopen(fd, "rb") as file:
+            fd = -1
+            data = file.read(MAX_FILE_BYTES + 1)
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the data;
+        # newlines translated as text mode does (universal newlines)
+        return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{label}: cannot read: {err}") from err
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 #: YAML files at least this big are cached parsed (pickle) under the cache dir:
@@ -189,19 +297,76 @@ def _parse_document(path: Path, label: str, suffix: str) -> Any:
     if suffix == ".json":
         if not text.strip():
             return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(
-                f"{label}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})",
-                "fix the syntax at that line",
-            ) from err
+        return parse_json(text, label)
     if suffix == ".csv":
         return _parse_csv(text, label)
     raise ConfigError(
         f"{label}: unsupported references format '{suffix}'",
         "use a .yaml, .yml, .json or .csv file",
     )
+
+
+def parse_json(text: str, label: str) -> Any:
+    """Parse JSON text, refusing nesting deeper than MAX_DEPTH levels.
+
+    Raises:
+        ConfigError: `label:line: invalid JSON: ...`, naming the line where
+            the syntax breaks or the nesting passes the bound.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"{label}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})",
+            "fix the syntax at that line",
+        ) from err
+    except RecursionError:
+        data = None
+    else:
+        if text.count("[") + text.count("{") <= MAX_DEPTH or json_depth(data) <= MAX_DEPTH:
+            return data
+    raise ConfigError(
+        f"{label}:{_json_deep_line(text)}: invalid JSON: "
+        f"arrays and objects nest deeper than {MAX_DEPTH} levels",
+        f"orch reads at most {MAX_DEPTH} levels of nesting",
+    )
+
+
+def json_depth(data: Any) -> int:
+    """Return how deeply lists and dicts nest in `data` (stops counting past MAX_DEPTH)."""
+    deepest, todo = 0, [(data, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                break
+            todo.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def _json_deep_line(text: str) -> int:
+    """Return the line where JSON nesting first passes MAX_DEPTH (strings skipped)."""
+    depth, line, in_string, escaped = 0, 1, False, False
+    for char in text:
+        if char == "\n":
+            line += 1
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif char in "]}":
+            depth -= 1
+    return line
 
 
 def _parse_csv(text: str, label: str) -> LineList:

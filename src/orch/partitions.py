@@ -2,7 +2,8 @@
 
 A fan-out stage gets one partition per row of its references file; a fan-in
 stage one per group of its upstream stage's partitions. Ids are checked to be
-safe single path segments and output directories to stay inside the project.
+safe single path segments, and output directories to lie strictly inside data/,
+apart from one another (see `orch.output_paths`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ from typing import Any
 from orch.blueprints import fill_placeholders
 from orch.documents import LineList, load_document
 from orch.errors import ConfigError, PartitionError, did_you_mean
+from orch.output_paths import check_path_fields, dangling_link, is_inside, symlinks_in
 from orch.project import CONFIG_NAME, Project, Stage
 
 MAX_ID_BYTES = 200
+#: The outputs root: every partition directory lies strictly inside it.
+OUTPUTS_ROOT = "data"
+#: Project directories no partition directory may resolve into or around.
+_PROTECTED_DIRS = ("agents", "references", "wip", ".git")
 #: Id of the single partition of a fan-in stage without `by`.
 ALL_ID = "all"
 _DIGITS = re.compile(r"(\d+)")
@@ -118,7 +124,10 @@ class PartitionIndex:
         self._ancestors: dict[str, tuple[str, str]] = {}
         self._resolved_parents: dict[str, Path] = {}
         self._links: dict[str, set[str]] = {}
+        self._parent_ok: dict[str, bool] = {}
         self._root = project.root.resolve()
+        self._outputs_root = (project.root / OUTPUTS_ROOT).resolve()
+        self._protected = [(project.root / d).resolve() for d in _PROTECTED_DIRS]
 
     def for_stage(self, name: str) -> tuple[Partition, ...]:
         """Return the stage's partitions in start order (see `sort_key`).
@@ -159,7 +168,7 @@ class PartitionIndex:
     def _document(self, rel: str) -> Any:
         if rel not in self._documents:
             path = self.project.root / rel
-            if Path(rel).is_absolute() or not _is_inside(self._root, path.resolve()):
+            if "\x00" in rel or Path(rel).is_absolute() or not is_inside(self._root, path.resolve()):
                 raise ConfigError(f"{rel}: references file must be inside the project")
             cache = self.project.root / "wip" / "cache" / "references"
             self._documents[rel] = load_document(path, rel, cache)
@@ -233,7 +242,7 @@ class PartitionIndex:
             id=pid,
             params=MappingProxyType(params),
             row=MappingProxyType(fields),
-            out_dir=self._out_dir(stage, params, pid, where),
+            out_dir=self._out_dir(stage, params, pid, where, fields),
             source=where,
             children=children,
             priority=priority,
@@ -318,15 +327,23 @@ class PartitionIndex:
                 extra.append((needed, partition.id))
             partitions[index] = _with_children(partition, tuple(extra))
 
-    def _out_dir(self, stage: Stage, params: Mapping[str, Any], pid: str, where: str) -> str:
+    def _out_dir(
+        self, stage: Stage, params: Mapping[str, Any], pid: str, where: str, fields: Mapping[str, Any]
+    ) -> str:
+        """Return the partition's output directory, checked to lie strictly inside
+        `data/` and apart from every other partition's (see `_check_nesting`).
+
+        Row fields the template uses must be single safe path segments.
+        """
         label = f"{CONFIG_NAME}:{stage.line_of('output')}: stages.{stage.name}.output"
+        check_path_fields(stage, fields, where)
         rel = fill_placeholders(stage.output, params, f"{label}:")
         norm = os.path.normpath(rel)
         if (
             os.path.isabs(rel)
-            or norm == "."
-            or norm.startswith("..")
-            or norm.split(os.sep)[0] in ("wip", ".git", ".orch")
+            or "\x00" in rel
+            or norm.split(os.sep)[0] != OUTPUTS_ROOT
+            or norm == OUTPUTS_ROOT
         ):
             raise ConfigError(
                 f"{label}: output directory '{rel}' of partition {pid} ({where}) is not "
@@ -372,7 +389,7 @@ class PartitionIndex:
     def _check_symlinks(self, norm: str, rel: str, pid: str, label: str) -> None:
         parent, name = os.path.split(norm)
         if parent not in self._resolved_parents:
-            dangling = _dangling_link(self.project.root, parent)
+            dangling = dangling_link(self.project.root, parent)
             if dangling:
                 raise ConfigError(
                     f"{label}: output directory '{rel}' of partition {pid} passes through the "
@@ -381,9 +398,11 @@ class PartitionIndex:
                 )
             resolved = (self.project.root / parent).resolve()
             self._resolved_parents[parent] = resolved
-            self._links[parent] = _symlinks_in(resolved)
+            self._links[parent] = symlinks_in(resolved)
         resolved = self._resolved_parents[parent]
-        if name not in self._links[parent] and _is_inside(self._root, resolved):
+        if parent not in self._parent_ok:
+            self._parent_ok[parent] = resolved == self._outputs_root or self._is_output_path(resolved)
+        if name not in self._links[parent] and self._parent_ok[parent]:
             return
         if name in self._links[parent] and not (resolved / name).exists():
             raise ConfigError(
@@ -392,38 +411,30 @@ class PartitionIndex:
                 "remove the symlink, or create the directory it points to",
             )
         target = (resolved / name).resolve()
-        if not _is_inside(self._root, target):
+        if not is_inside(self._root, target):
             raise ConfigError(
                 f"{label}: output directory '{rel}' of partition {pid} resolves to {target}, "
                 "outside the project (through a symlink)",
                 "remove the symlink or point the output template elsewhere",
             )
+        if not self._is_output_path(target):
+            raise ConfigError(
+                f"{label}: output directory '{rel}' of partition {pid} resolves to {target}, "
+                "which is the project root, data/ itself, or in or around agents/, references/, "
+                "wip/ or .git/ (through a symlink)",
+                "remove the symlink or point the output template elsewhere",
+            )
 
-
-def _dangling_link(root: Path, rel: str) -> str | None:
-    """Return `path -> target` for the first dangling symlink on `root/rel`, if any."""
-    path = root
-    for part in Path(rel).parts:
-        path = path / part
-        if path.is_symlink() and not path.exists():
-            return f"{path.relative_to(root)} -> {os.readlink(path)}"
-        if not path.exists():
-            return None
-    return None
-
-
-def _symlinks_in(directory: Path) -> set[str]:
-    """Return names of the symlinks in `directory` (one scandir, not a stat per name)."""
-    try:
-        with os.scandir(directory) as entries:
-            return {e.name for e in entries if e.is_symlink()}
-    except OSError:
-        return set()
-
-
-def _is_inside(root: Path, path: Path) -> bool:
-    root_s, path_s = str(root), str(path)
-    return path_s == root_s or path_s.startswith(root_s.rstrip(os.sep) + os.sep)
+    def _is_output_path(self, path: Path) -> bool:
+        """Whether `path` (resolved) may be a partition directory or its parent:
+        inside the project, and neither the project root, `data/` itself, nor
+        in or around `agents/`, `references/`, `wip/` or `.git/` (resolved).
+        """
+        if not is_inside(self._root, path) or path in (self._root, self._outputs_root):
+            return False
+        return not any(
+            is_inside(protected, path) or is_inside(path, protected) for protected in self._protected
+        )
 
 
 def _priority(value: Any, where: str) -> float:

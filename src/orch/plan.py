@@ -14,10 +14,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from orch.errors import StageBlocked
+from orch.errors import StageBlocked, UsageError, did_you_mean
 from orch.expect import Finding, check_outputs
 from orch.partitions import Partition
-from orch.project import AgentConfig, Stage
+from orch.project import CONFIG_NAME, AgentConfig, Project, Stage
 from orch.state import (
     STAGING_NAME,
     Manifest,
@@ -26,6 +26,7 @@ from orch.state import (
     never_started,
     read_error,
     read_manifest,
+    read_prompt,
     staging_dir,
 )
 from orch.workspace import ChildKey, Fingerprint, Workspace
@@ -49,7 +50,7 @@ class PartitionState:
     Attributes:
         partition: The partition.
         status: Its status.
-        reason: One line: "missing", "failed in attempt 3: timeout after 20m",
+        reason: One line: "missing", "failed: timeout after 20m (attempt #3)",
             "stale: prompt changed (blueprint agents/02.deep_researcher.md)", ...
         manifest: Its manifest if the directory holds a valid one.
         fingerprint: The current fingerprint; None while inputs are not complete.
@@ -57,6 +58,9 @@ class PartitionState:
         findings: Expect-rule failures of the promoted outputs (incomplete).
         last_error: The latest failed attempt's error record, if any.
         waiting_on: Upstream partitions that are not complete.
+        kept: Why a run leaves these outputs alone although the chosen agent
+            would redo them (real outputs are never replaced by the rehearsal
+            agent without --force); None otherwise.
     """
 
     partition: Partition
@@ -68,6 +72,7 @@ class PartitionState:
     findings: tuple[Finding, ...] = ()
     last_error: dict[str, Any] | None = None
     waiting_on: tuple[ChildKey, ...] = field(default=())
+    kept: str | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -75,26 +80,71 @@ class PartitionState:
         return self.status is Status.COMPLETE
 
 
+AGENT_ENV = "ORCH_AGENT"
+REHEARSAL = "rehearsal"
+
+
+def choose_agent_override(
+    project: Project, flag: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """Return the run-wide agent override every command honours, or None.
+
+    The one rule (README "Configure a real agent"): a stage runs with
+    `--agent NAME` if given, else `$ORCH_AGENT` if set and not empty, else its
+    own `agent:` in orch.yaml, else `agents.default`. This function decides the
+    first two; `Planner.agent_for` applies the rest.
+
+    Raises:
+        UsageError: the name is not an agent of orch.yaml (with the nearest name).
+    """
+    source = ""
+    name = flag
+    if not name:
+        name = ((os.environ if environ is None else environ).get(AGENT_ENV) or "").strip() or None
+        source = f"{AGENT_ENV}: "
+    if name is None:
+        return None
+    if name not in project.agents:
+        raise UsageError(
+            f"{source}unknown agent '{name}'{did_you_mean(name, project.agents)}",
+            f"agents in {CONFIG_NAME}: {', '.join(project.agents)}",
+        )
+    return name
+
+
 class Planner:
     """Assesses partitions of a workspace, memoizing per stage.
 
     Args:
         workspace: The loaded project.
-        agent_override: Agent name replacing every stage's agent (`--agent`).
+        agent_override: Agent name replacing every stage's agent (`--agent`);
+            None falls back to `$ORCH_AGENT` (see `choose_agent_override`).
         deep: Re-check output contents in full (barrier); otherwise trust
             promoted files whose size and mtime are unchanged.
+        lines: Name the changed prompt lines of stale partitions (reads each
+            one's `.orch/prompt.md`); off for counts-only views (`orch status`).
+
+    Raises:
+        UsageError: the override names no agent of orch.yaml.
     """
 
-    def __init__(self, workspace: Workspace, agent_override: str | None = None, deep: bool = False) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        agent_override: str | None = None,
+        deep: bool = False,
+        lines: bool = True,
+    ) -> None:
         self.ws = workspace
-        self.agent_override = agent_override
+        self.agent_override = choose_agent_override(workspace.project, agent_override)
         self.deep = deep
+        self.lines = lines
         self._states: dict[str, dict[str, PartitionState]] = {}
         self._listings: dict[str, dict[str, list[str]]] = {}
         self._attempted: dict[str, set[str]] = {}
 
     def agent_for(self, stage: Stage) -> AgentConfig:
-        """Return the agent a stage runs with (the override, the stage's, or default)."""
+        """Return the agent a stage runs with: the override, the stage's, or the default."""
         return self.ws.project.agent(self.agent_override or stage.agent)
 
     def stage_states(self, name: str) -> list[PartitionState]:
@@ -173,29 +223,7 @@ class Planner:
         prompt = self.ws.render(partition, manifests)
         fingerprint = self.ws.fingerprint(partition, prompt, agent, manifests)
         if manifest is not None:
-            if manifest.fingerprint != fingerprint.value:
-                return PartitionState(
-                    partition,
-                    Status.STALE,
-                    stale_reason(manifest, fingerprint, partition, stage),
-                    manifest,
-                    fingerprint,
-                    prompt,
-                )
-            findings = check_outputs(
-                out_dir, stage.expect, self.ws.schemas, None if self.deep else manifest.known_outputs()
-            )
-            if findings:
-                return PartitionState(
-                    partition,
-                    Status.INCOMPLETE,
-                    f"incomplete: {findings[0]}",
-                    manifest,
-                    fingerprint,
-                    prompt,
-                    tuple(findings),
-                )
-            return PartitionState(partition, Status.COMPLETE, "complete", manifest, fingerprint, prompt)
+            return self._judge(partition, stage, agent, manifest, fingerprint, prompt, manifests)
         if exists:
             return PartitionState(
                 partition,
@@ -211,13 +239,86 @@ class Planner:
             return PartitionState(
                 partition,
                 Status.FAILED,
-                f"failed in attempt {error.get('n', '?')}: {error.get('error', 'unknown error')}",
+                f"failed: {error.get('error', 'unknown error')} (attempt #{error.get('n', '?')})",
                 None,
                 fingerprint,
                 prompt,
                 last_error=error,
             )
         return PartitionState(partition, Status.MISSING, "missing", None, fingerprint, prompt)
+
+    def _judge(
+        self,
+        partition: Partition,
+        stage: Stage,
+        agent: AgentConfig,
+        manifest: Manifest,
+        fingerprint: Fingerprint,
+        prompt: str,
+        manifests: Mapping[ChildKey, Manifest | None],
+    ) -> PartitionState:
+        """Judge promoted outputs: complete, stale, incomplete, failed since, or kept.
+
+        Outputs a real agent made are judged against that agent's fingerprint
+        when the rehearsal agent is chosen, and kept (never replaced) either way.
+        """
+        maker_name = str(manifest.agent.get("name", "?"))
+        kept = None
+        compare = fingerprint
+        if agent.backend == REHEARSAL and manifest.agent.get("backend", REHEARSAL) != REHEARSAL:
+            kept = (
+                f"made by agent {maker_name}; the rehearsal agent {agent.name} does not replace "
+                "real outputs (use --force)"
+            )
+            maker = self.ws.project.agents.get(maker_name)
+            if maker is not None and maker.backend != REHEARSAL:
+                compare = self.ws.fingerprint(partition, prompt, maker, manifests)
+        findings: tuple[Finding, ...] = ()
+        if manifest.fingerprint != compare.value:
+            out_dir = f"{self.ws.root}/{partition.out_dir}"
+            old_prompt = (
+                read_prompt(out_dir)
+                if self.lines and manifest.parts.get("prompt") != compare.prompt
+                else None
+            )
+            reason = stale_reason(manifest, compare, partition, stage, old_prompt, prompt)
+            status = Status.STALE
+        else:
+            found = check_outputs(
+                f"{self.ws.root}/{partition.out_dir}",
+                stage.expect,
+                self.ws.schemas,
+                None if self.deep else manifest.known_outputs(),
+            )
+            status, findings = (Status.INCOMPLETE, tuple(found)) if found else (Status.COMPLETE, ())
+            reason = f"incomplete: {found[0]}" if found else "complete"
+        failure = self._failed_since(partition, manifest)
+        if failure is not None and status in (Status.COMPLETE, Status.STALE):
+            status, findings = Status.FAILED, ()
+            reason = (
+                f"failed in attempt {failure.get('n', '?')} with agent {failure.get('agent')}: "
+                f"{failure.get('error', 'unknown error')} (the outputs in place are attempt "
+                f"{manifest.attempt}'s, by agent {maker_name})"
+            )
+        if kept is not None:
+            reason = kept if status is Status.COMPLETE else f"{reason}; kept: {kept}"
+        return PartitionState(
+            partition, status, reason, manifest, fingerprint, prompt, findings, failure, kept=kept
+        )
+
+    def _failed_since(self, partition: Partition, manifest: Manifest) -> dict[str, Any] | None:
+        """The error of a newer attempt by another agent than the outputs' maker, if the latest failed.
+
+        That is an override run (`--agent X`) that failed where other outputs
+        stood: the partition shows as failed, not as the older outputs' status.
+        """
+        archived = self.archived(partition)
+        if not archived or archived[-1][0] <= manifest.attempt:
+            return None
+        error = read_error(Path(archived[-1][1]))
+        if not error or error.get("outcome") != "failed" or not error.get("agent"):
+            return None
+        return error if error["agent"] != manifest.agent.get("name") else None
 
     def _listing(self, parent: str) -> dict[str, list[str]]:
         """Map directory name -> staging attempt numbers, and "" -> names present."""
@@ -284,8 +385,21 @@ class Planner:
         return None
 
 
-def stale_reason(manifest: Manifest, fp: Fingerprint, partition: Partition, stage: Stage) -> str:
-    """Explain which input of the fingerprint changed, most specific first."""
+def stale_reason(
+    manifest: Manifest,
+    fp: Fingerprint,
+    partition: Partition,
+    stage: Stage,
+    old_prompt: str | None = None,
+    new_prompt: str | None = None,
+) -> str:
+    """Explain which input of the fingerprint changed, most specific first.
+
+    Names the changed children, row fields, var or agent keys (manifests
+    written before per-key hashes were stored name none), and the first
+    changed prompt lines when both prompts are given (`old_prompt`: the
+    partition's `.orch/prompt.md`).
+    """
     old = manifest.parts
     if old.get("inputs") != dict(fp.inputs):
         before = old.get("inputs") or {}
@@ -293,23 +407,70 @@ def stale_reason(manifest: Manifest, fp: Fingerprint, partition: Partition, stag
         changed += [k.split("/", 1)[1] for k in before if k not in fp.inputs]
         if changed:
             label = "child" if len(changed) == 1 else "children"
-            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-            return f"stale: {label} {shown} changed"
+            return f"stale: {label} {_first(changed)} changed"
     if old.get("prompt") != fp.prompt:
         now = fp.explain()
+        where = prompt_change(old_prompt, new_prompt)
         if old.get("row") != now["row"]:
             source = partition.source.split(":", 1)[0]
-            return f"stale: {source} row changed"
+            keys = changed_keys(old.get("row_keys"), fp.keys().get("row_keys"))
+            return f"stale: {source} row changed" + (f" (field {_first(keys)})" if keys else "")
         if old.get("vars") != now["vars"]:
-            return "stale: vars changed (orch.yaml)"
+            keys = changed_keys(old.get("vars_keys"), fp.keys().get("vars_keys"))
+            return f"stale: vars changed (orch.yaml{': ' + _first(keys) if keys else ''})"
         if old.get("blueprint") != now["blueprint"]:
-            return f"stale: prompt changed (blueprint {stage.blueprint})"
-        return "stale: prompt changed"
+            return f"stale: prompt changed{where} (blueprint {stage.blueprint})"
+        return f"stale: prompt changed{where}"
     if old.get("agent") != fp.agent:
-        return "stale: agent settings changed"
+        keys = changed_keys(old.get("agent_keys"), fp.keys().get("agent_keys"))
+        return "stale: agent settings changed" + (f" ({_first(keys)})" if keys else "")
     if old.get("expect") != fp.expect:
         return "stale: expect rules changed"
     return "stale: fingerprint changed"
+
+
+def changed_keys(before: Any, now: Any) -> list[str]:
+    """Keys whose value hash differs between two `key -> hash` maps (added and removed too).
+
+    Returns [] when either map is absent (a manifest from before per-key hashes).
+    """
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return []
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
+def prompt_change(old: str | None, new: str | None) -> str:
+    """Describe where `new` differs from `old`: " at line 3", " at lines 3-9, whitespace only".
+
+    Lines are 1-based lines of the new prompt, from the first to the last that
+    differ (two linear scans: `orch status` may explain thousands of stale
+    partitions; a full diff is `orch plan --diff`). "" when either prompt is
+    unknown or they are equal.
+    """
+    if old is None or new is None or old == new:
+        return ""
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    first = next(
+        (i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=False)) if a != b),
+        min(len(old_lines), len(new_lines)),
+    )
+    tail = next(
+        (i for i, (a, b) in enumerate(zip(reversed(old_lines), reversed(new_lines), strict=False)) if a != b),
+        min(len(old_lines), len(new_lines)),
+    )
+    keep = min(tail, len(old_lines) - first, len(new_lines) - first)  # common tail after `first`
+    window = (old_lines[first : len(old_lines) - keep], new_lines[first : len(new_lines) - keep])
+    blank = ", whitespace only" if " ".join(window[0]).split() == " ".join(window[1]).split() else ""
+    last = max(len(new_lines) - tail, first + 1)
+    first = min(first + 1, max(len(new_lines), 1))  # only the final newline differs: the last line
+    last = min(max(last, first), max(len(new_lines), 1))
+    where = f"line {first}" if first == last else f"lines {first}-{last}"
+    return f" at {where}{blank}"
+
+
+def _first(names: list[str], limit: int = 3) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def upstream_blockers(planner: Planner, stage: Stage, only: Iterable[str] | None = None) -> None:

@@ -2,6 +2,8 @@
 
 Every event is one JSON object per line, flushed as it happens, so a killed
 run leaves a readable log. Failures also get a short human entry in notes.md.
+Writing either is best effort: a full or read-only disk loses records (the
+first error is kept in `RunLog.write_error`), never the run.
 """
 
 from __future__ import annotations
@@ -46,9 +48,14 @@ class RunLog:
         self.root = root
         self.run_id = run_id
         self.dir = root / "wip" / "runs" / run_id
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "events.jsonl"
-        self._handle = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        self.write_error: OSError | None = None
+        self._handle: Any = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        except OSError as err:
+            self.write_error = err
         self._sinks = sinks or []
         self._redactor = redactor or Redactor()
         self._noted = False
@@ -64,29 +71,48 @@ class RunLog:
         record = self._redactor.record(record)
         try:
             line = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS)
-        except orjson.JSONEncodeError:
+        except (orjson.JSONEncodeError, TypeError):  # an integer past 64 bits, NaN, a non-UTF-8 name
             record = json_safe(record)
-            line = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS)
-        self._handle.write(line + b"\n")
-        self._handle.flush()
+            line = json.dumps(record, default=str, sort_keys=True).encode()
+        if self._handle is not None:
+            try:
+                self._handle.write(line + b"\n")
+                self._handle.flush()
+            except (OSError, ValueError) as err:
+                self._lost(err)
         for sink in self._sinks:
-            sink(record)
+            try:
+                sink(record)
+            except OSError as err:  # e.g. EIO/EPIPE from a closed terminal: the run goes on
+                self._lost(err)
         return record
 
     def note(self, line: str, heading: str) -> None:
         """Append `line` to `wip/notes.md`, under this run's heading on first use."""
         notes = self.root / "wip" / "notes.md"
-        notes.parent.mkdir(parents=True, exist_ok=True)
-        with open(notes, "a", encoding="utf-8") as handle:
-            if not self._noted:
-                stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-                handle.write(f"\n## {stamp} · run {self.run_id} · {heading}\n\n")
-                self._noted = True
-            handle.write(self._redactor.text(line.rstrip()) + "\n")
+        try:
+            notes.parent.mkdir(parents=True, exist_ok=True)
+            with open(notes, "a", encoding="utf-8", errors="backslashreplace") as handle:
+                if not self._noted:
+                    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+                    handle.write(f"\n## {stamp} · run {self.run_id} · {heading}\n\n")
+                    self._noted = True
+                handle.write(self._redactor.text(line.rstrip()) + "\n")
+        except OSError as err:
+            self._lost(err)
+
+    def _lost(self, err: OSError | ValueError) -> None:
+        """Remember the first write error; later records go to the sinks only."""
+        if self.write_error is None:
+            self.write_error = err if isinstance(err, OSError) else OSError(str(err))
 
     def close(self) -> None:
-        """Close the event file."""
-        self._handle.close()
+        """Close the event file (a failing final flush is recorded, not raised)."""
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            except OSError as err:
+                self._lost(err)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

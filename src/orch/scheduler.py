@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec, Usage
-from orch.barriers import BarrierReport, check_barrier
+from orch.barriers import BarrierEntry, BarrierReport, check_barrier
 from orch.errors import BlueprintError
 from orch.executors import Executor, LocalExecutor
 from orch.expect import META_DIR, Finding, SchemaStore, check_outputs
+from orch.faults import describe, error_class_of, is_disk_fault, traceback_of
 from orch.partitions import Partition
 from orch.plan import PartitionState, Planner, Status
 from orch.processes import kill_orphans
@@ -43,13 +44,17 @@ from orch.state import (
     OutputFile,
     PartitionLock,
     archive_attempt,
-    collect_outputs,
+    check_staging,
+    find_staging_dirs,
+    hash_outputs,
     never_started,
     output_fingerprint,
     promote_many,
     read_manifest,
+    scan_outputs,
     staging_dir,
     staging_number,
+    touch_meta,
 )
 from orch.workspace import ChildKey, Workspace
 
@@ -106,7 +111,11 @@ class Outcome:
 
 @dataclass
 class RunSummary:
-    """The result of a run: one Outcome per partition in scope, and flags."""
+    """The result of a run: one Outcome per partition in scope, and flags.
+
+    `disk_fault` says why the run stopped starting partitions after ENOSPC,
+    EROFS, EACCES ... (naming the path), or is None.
+    """
 
     run_id: str
     outcomes: list[Outcome] = field(default_factory=list)
@@ -115,6 +124,7 @@ class RunSummary:
     events_path: Path | None = None
     duration_s: float = 0.0
     barriers: list[BarrierReport] = field(default_factory=list)
+    disk_fault: str | None = None
 
     def count(self, status: str) -> int:
         """Return how many partitions ended with `status`."""
@@ -177,6 +187,8 @@ class Scheduler:
         self._stage_halted: set[str] = set()
         self._parents: set[Path] = set()
         self._promoter = Promoter(workspace.root)
+        self._disk_fault: str | None = None
+        self._traces: dict[Path, str] = {}
         self._fs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orch-fs")
 
     # -- public ---------------------------------------------------------------
@@ -231,6 +243,7 @@ class Scheduler:
             await self.executor.aclose()
             self._fs.shutdown(wait=True)
         summary.interrupted = self._stopping
+        summary.disk_fault = self._disk_fault
         summary.halted = self._halted or next(
             (o.reason for o in summary.outcomes if o.status == "halted"), None
         )
@@ -286,12 +299,40 @@ class Scheduler:
                 error=str(err),
                 error_class="blueprint",
             )
+        except Exception as err:  # one partition's trouble stays in that partition
+            outcome = self._internal_failure(partition, err)
         finally:
             future = self._futures[key]
             if not future.done():
                 future.set_result(outcome)
         self._stage_finished_one(outcome)
         return outcome
+
+    def _internal_failure(self, partition: Partition, err: Exception) -> Outcome:
+        """Fail `partition` for an exception outside any attempt (e.g. staging on a full disk)."""
+        error_class = error_class_of(err)
+        error = f"{'disk fault' if error_class == 'disk' else 'internal error'}: {describe(err)}"
+        self._note_disk_fault(err)
+        self._failed_count += 1
+        self._check_halt()
+        self.log.emit(
+            "failed",
+            stage=partition.stage,
+            partition=partition.id,
+            error=error,
+            error_class=error_class,
+            traceback=traceback_of(err),
+        )
+        self.log.note(f"- **{partition.stage} / {partition.id}** failed: {error}", "failures")
+        return Outcome(partition.stage, partition.id, "failed", error)
+
+    def _note_disk_fault(self, err: BaseException) -> None:
+        """After ENOSPC, EROFS, EACCES ...: start no more partitions (they halt)."""
+        if is_disk_fault(err) and self._disk_fault is None:
+            self._disk_fault = (
+                f"halted: disk fault: {describe(err)}; free space or fix permissions, then run again"
+            )
+            self.log.emit("halted", reason=self._disk_fault)
 
     def _stage_finished_one(self, outcome: Outcome) -> None:
         """Count a finished partition; check the stage's barrier after its last one."""
@@ -307,7 +348,13 @@ class Scheduler:
         # here size and mtime must still match what the manifest recorded (as in
         # `orch status`). `orch barrier STAGE` re-reads every file.
         planner = Planner(self.ws, self.options.agent, deep=False)
-        report = check_barrier(self.ws, outcome.stage, self.options.agent, planner, only=self.options.only)
+        try:
+            report = check_barrier(
+                self.ws, outcome.stage, self.options.agent, planner, only=self.options.only
+            )
+        except Exception as err:  # the outputs changed under us in a way no check expected
+            entry = BarrierEntry("-", "error", "-", error_class_of(err), f"cannot check: {describe(err)}")
+            report = BarrierReport(outcome.stage, len(done), 0, (entry,))
         self._barriers[outcome.stage] = report
         self.log.emit(
             "barrier",
@@ -334,8 +381,26 @@ class Scheduler:
         lock = PartitionLock(self.ws.root, stage.name, partition.id)
         try:
             return await self._attempts(partition, stage, agent, state, manifests, why, lock)
+        except Exception as err:  # a bug or a disk fault in orch's own path: this partition only
+            if lock.is_held:  # so every staging directory of the partition is this run's
+                await asyncio.to_thread(self._archive_all, partition, err)
+            return self._internal_failure(partition, err)
         finally:
             lock.release()
+
+    def _archive_all(self, partition: Partition, err: Exception) -> None:
+        """Archive this run's staging directories of `partition` after `err`, with its traceback."""
+        out_dir = self.ws.root / partition.out_dir
+        for number, path in find_staging_dirs(out_dir):
+            record = {
+                "n": number,
+                "outcome": "failed",
+                "error_class": error_class_of(err),
+                "error": f"internal error: {describe(err)}",
+                "traceback": traceback_of(err),
+            }
+            with contextlib.suppress(Exception):  # e.g. a full disk: the next run cleans it up
+                archive_attempt(self.ws.root, partition.stage, partition.id, path, record, self.redactor)
 
     async def _prepare(
         self,
@@ -438,13 +503,34 @@ class Scheduler:
             return False, "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
         if self.options.force:
             return True, f"forced ({state.reason})"
+        if state.kept is not None:
+            return False, f"kept: {state.kept}"
         if self.options.retry_failed:
             if state.status is Status.FAILED:
                 return True, state.reason
+            failed = self._failed_since_promoted(state)
+            if failed:
+                return True, failed
             return False, f"not failed ({state.reason}); --retry-failed runs failed ones only"
         if state.is_complete:
             return False, "complete"
         return True, state.reason
+
+    def _failed_since_promoted(self, state: PartitionState) -> str:
+        """The error of a failed attempt newer than the partition's outputs ("" if none).
+
+        A forced rerun, or one with another agent, that failed leaves the old
+        outputs in place: `--retry-failed` must still retry it.
+        """
+        if state.manifest is None:
+            return ""
+        error = self.planner.last_error(state.partition)
+        if error is None or error.get("outcome") != "failed":
+            return ""
+        number = error.get("n")
+        if not isinstance(number, int) or number <= state.manifest.attempt:
+            return ""
+        return f"its last attempt (#{number}) failed: {error.get('error')}"
 
     def _clean_dead_staging(self, partition: Partition) -> set[int]:
         """Archive staging directories left by a dead run (we hold the lock).
@@ -523,7 +609,7 @@ class Scheduler:
                     )
                 number = staging_number(prepared) if prepared else number + 1
                 started = time.time()
-                result, staging, outputs = await self._run_attempt(
+                result, staging, outputs, agent_started = await self._run_attempt(
                     partition, stage, agent, state, number, why if index == 0 else "retry", prepared
                 )
                 number = staging_number(staging)
@@ -537,15 +623,15 @@ class Scheduler:
                     self._failed_count += 1
                     self._check_halt()
             usage_total = _add_usage(usage_total, result.usage)
-            record = _attempt_record(number, started, result)
+            record = _attempt_record(number, started, result, agent_started, agent.name)
+            if staging in self._traces:
+                record["traceback"] = self._traces.pop(staging)
             history.append(record)
             if result.ok:
                 return await self._complete(
                     partition, stage, agent, state, history, staging, outputs, started, usage_total, why
                 )
-            archive = await asyncio.to_thread(
-                archive_attempt, self.ws.root, stage.name, partition.id, staging, record, self.redactor
-            )
+            archive = await self._archive(stage, partition, staging, record)
             if final_failure:
                 return self._failed(partition, stage, history, archive, usage_total)
             delay = self._backoff(stage, index + 1, result.retry_after_s)
@@ -576,18 +662,25 @@ class Scheduler:
     ) -> Outcome:
         """Write the manifest and promote a passing attempt (group commit)."""
         record = history[-1]
-        manifest = self._manifest(
-            partition, agent, state, record["n"], history, outputs, started, usage_total
-        )
         try:
+            manifest = self._manifest(
+                partition, agent, state, record["n"], history, outputs, started, usage_total
+            )
             await self._promoter.promote(staging, self.ws.root / partition.out_dir, manifest)
-        except OSError as err:  # a filesystem fault, not the agent's: no retry
-            record.update(outcome="failed", error=f"cannot promote the outputs: {err}", error_class="promote")
+        except Exception as err:  # not the agent's fault: no retry
+            error_class = error_class_of(err)
+            if error_class == "internal" and isinstance(err, OSError):
+                error_class = "promote"
+            record.update(
+                outcome="failed",
+                error=f"cannot promote the outputs: {describe(err)}",
+                error_class=error_class,
+                traceback=traceback_of(err),
+            )
+            self._note_disk_fault(err)
             self._failed_count += 1
             self._check_halt()
-            archive = await asyncio.to_thread(
-                archive_attempt, self.ws.root, stage.name, partition.id, staging, record, self.redactor
-            )
+            archive = await self._archive(stage, partition, staging, record)
             return self._failed(partition, stage, history, archive, usage_total)
         self.log.emit(
             "promoted",
@@ -618,12 +711,13 @@ class Scheduler:
         number: int,
         why: str,
         staging: Path | None = None,
-    ) -> tuple[AttemptResult, Path, list[OutputFile]]:
+    ) -> tuple[AttemptResult, Path, list[OutputFile], float | None]:
         """Run attempt `number` in `staging` (created now if not prepared) and check its outputs.
 
         Returns:
             The result (failed by the expect rules if they fail), the staging
-            directory, and the outputs for the manifest (empty unless passing).
+            directory, the outputs for the manifest (empty unless passing), and
+            the Unix time the agent started (None if it never did).
         """
         out_dir = self.ws.root / partition.out_dir
         if staging is None:
@@ -645,7 +739,10 @@ class Scheduler:
             retry_after_cap_s=stage.backoff_cap_s,
         )
 
+        agent_started: list[float] = []
+
         def started(worker: str | None = None) -> None:
+            agent_started.append(time.time())
             self.log.emit(
                 "started",
                 stage=stage.name,
@@ -662,18 +759,19 @@ class Scheduler:
         except TimeoutError:
             result = AttemptResult(False, f"timeout after {_human_s(stage.timeout_s or 0)}", "timeout")
         except asyncio.CancelledError:
-            archive_attempt(
-                self.ws.root,
-                stage.name,
-                partition.id,
-                staging,
-                {
-                    "n": number,
-                    "outcome": "interrupted",
-                    "error_class": "interrupted",
-                    "error": "interrupted (Ctrl-C or SIGTERM); the agent was terminated",
-                },
-            )
+            with contextlib.suppress(Exception):  # a full disk must not hide the interrupt
+                archive_attempt(
+                    self.ws.root,
+                    stage.name,
+                    partition.id,
+                    staging,
+                    {
+                        "n": number,
+                        "outcome": "interrupted",
+                        "error_class": "interrupted",
+                        "error": "interrupted (Ctrl-C or SIGTERM); the agent was terminated",
+                    },
+                )
             raise
         except Exception as err:  # a backend bug must fail one partition, not the run
             result = AttemptResult(False, f"agent backend error: {type(err).__name__}: {err}", "agent_error")
@@ -681,14 +779,46 @@ class Scheduler:
             result = dataclasses.replace(result, error=self.redactor.text(result.error))
         outputs: list[OutputFile] = []
         if result.ok:  # reads every output: off the event loop
-            findings, outputs = await asyncio.to_thread(_inspect, staging, stage.expect, self.ws.schemas)
+            try:
+                findings, outputs = await asyncio.to_thread(_inspect, staging, stage.expect, self.ws.schemas)
+            except Exception as err:  # e.g. a disk fault, or a bug: this attempt only
+                self._note_disk_fault(err)
+                self._traces[staging] = traceback_of(err)
+                error = f"cannot check the outputs: {describe(err)}"
+                return (
+                    AttemptResult(False, error, error_class_of(err), result.exit_code, result.usage),
+                    staging,
+                    [],
+                    agent_started[0] if agent_started else None,
+                )
             if findings:
                 shown = "; ".join(str(f) for f in findings[:3])
                 more = f" (+{len(findings) - 3} more)" if len(findings) > 3 else ""
                 result = AttemptResult(
                     False, f"output checks failed: {shown}{more}", "checks", result.exit_code, result.usage
                 )
-        return result, staging, outputs
+        return result, staging, outputs, (agent_started[0] if agent_started else None)
+
+    async def _archive(
+        self, stage: Stage, partition: Partition, staging: Path, record: dict[str, Any]
+    ) -> Path | None:
+        """Archive a failed attempt; if even that fails (full or read-only disk), say so
+        in the events and leave the staging directory to the next run's clean-up."""
+        try:
+            return await asyncio.to_thread(
+                archive_attempt, self.ws.root, stage.name, partition.id, staging, record, self.redactor
+            )
+        except Exception as err:
+            self._note_disk_fault(err)
+            self.log.emit(
+                "archive_failed",
+                stage=stage.name,
+                partition=partition.id,
+                attempt=record.get("n"),
+                error=describe(err),
+                error_class=error_class_of(err),
+            )
+            return None
 
     def _manifest(
         self,
@@ -725,12 +855,14 @@ class Scheduler:
         partition: Partition,
         stage: Stage,
         history: list[dict[str, Any]],
-        archive: Path,
+        archive: Path | None,
         usage: Usage | None,
     ) -> Outcome:
         last = history[-1]
-        reason = f"failed in attempt {last['n']}: {last['error']}"
-        log = archive.relative_to(self.ws.root) / META_DIR / AGENT_LOG
+        tries = f"all {len(history)} attempts" if len(history) > 1 else "its attempt"
+        reason = f"failed {tries} this run (last: attempt #{last['n']}): {last['error']}"
+        where = archive.relative_to(self.ws.root) if archive else "(not archived: see the events)"
+        log = f"{where}/{META_DIR}/{AGENT_LOG}" if archive else where
         self.log.emit(
             "failed",
             stage=stage.name,
@@ -739,7 +871,7 @@ class Scheduler:
             error=last["error"],
             error_class=last["error_class"],
             attempts=len(history),
-            archive=str(archive.relative_to(self.ws.root)),
+            archive=str(where),
         )
         self.log.note(
             f"- **{stage.name} / {partition.id}** failed after {len(history)} attempt(s); "
@@ -786,7 +918,7 @@ class Scheduler:
         )
 
     def _is_retryable(self, stage: Stage, result: AttemptResult) -> bool:
-        if self._stopping:
+        if self._stopping or result.error_class in ("internal", "disk", "promote"):
             return False
         if stage.retry_on is None or result.error_class == "worker_lost":
             return True
@@ -856,6 +988,8 @@ class Scheduler:
         return reason
 
     def _halt_reason(self, stage: Stage) -> str | None:
+        if self._disk_fault:
+            return self._disk_fault
         if self._halted:
             return self._halted
         budget = self.ws.project.max_cost_usd
@@ -906,7 +1040,10 @@ class Promoter:
         self._task: asyncio.Task[None] | None = None
 
     async def promote(self, staging: Path, out_dir: Path, manifest: Manifest) -> None:
-        """Promote `staging` to `out_dir` with `manifest`; raise its OSError if it failed."""
+        """Promote `staging` to `out_dir` with `manifest`; raise the exception that stopped it.
+
+        A batch that fails fails each of its waiters; the next promotions still run.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((staging, out_dir, manifest, future))
         if self._task is None or self._task.done():
@@ -916,9 +1053,12 @@ class Promoter:
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            errors = await asyncio.to_thread(
-                promote_many, self.root, [(staging, out, manifest) for staging, out, manifest, _ in batch]
-            )
+            items = [(staging, out, manifest) for staging, out, manifest, _ in batch]
+            errors: list[Exception | None]
+            try:
+                errors = await asyncio.to_thread(promote_many, self.root, items)
+            except Exception as err:  # a batch that raises fails each of its waiters
+                errors = [err] * len(batch)
             for (_, _, _, future), error in zip(batch, errors, strict=True):
                 if not future.done():
                     if error is None:
@@ -952,14 +1092,25 @@ def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
     return total + more if more else total
 
 
-def _attempt_record(number: int, started: float, result: AttemptResult) -> dict[str, Any]:
-    """The attempt's entry in manifests and error.json (times in Unix seconds)."""
+def _attempt_record(
+    number: int, started: float, result: AttemptResult, agent_started: float | None = None, agent: str = ""
+) -> dict[str, Any]:
+    """The attempt's entry in manifests and error.json (times in Unix seconds).
+
+    `duration_s` is the agent's own time, from its start (`agent_started`) to
+    the end of the attempt; `queued_s` is the time from taking the slot to the
+    agent's start (its agent's own limit, rate limits). `agent` names the agent
+    for cost totals (orch.costs).
+    """
     ended = time.time()
+    began = agent_started if agent_started is not None else started
     return {
         "n": number,
+        "agent": agent,
         "started_at": round(started, 3),
         "ended_at": round(ended, 3),
-        "duration_s": round(ended - started, 3),
+        "duration_s": round(ended - began, 3),
+        "queued_s": round(max(0.0, began - started), 3),
         "outcome": "complete" if result.ok else "failed",
         "error": result.error,
         "error_class": result.error_class,
@@ -975,16 +1126,22 @@ def _inspect(
     """Check a finished attempt's outputs; if they pass, list them for the manifest.
 
     Blocking (reads every output), so the scheduler runs it in a worker thread,
-    one hop for both. Creates an empty `.orch/agent.log` for a silent agent:
-    every partition has its log.
+    one hop for both. First refuses what the agent may have left that orch
+    cannot safely keep (see `orch.state.check_staging` and `scan_outputs`).
+    Creates an empty `.orch/agent.log` for a silent agent: every partition
+    has its log.
     """
+    findings = check_staging(staging)
+    if findings:
+        return findings, []
+    findings, outputs = scan_outputs(staging, hashes=False)
+    if findings:
+        return findings, []
     findings = check_outputs(staging, expect, schemas)
     if findings:
         return findings, []
-    log = staging / META_DIR / AGENT_LOG
-    if not log.exists():
-        log.touch()
-    return [], collect_outputs(staging)
+    touch_meta(staging, AGENT_LOG)
+    return [], hash_outputs(staging, outputs)
 
 
 def _discard_staging(staging: Path) -> None:
@@ -1002,8 +1159,14 @@ def _make_staging(out_dir: Path, number: int, prompt: str) -> Path:
         except FileExistsError:
             number += 1
             continue
-        (staging / META_DIR).mkdir()
-        (staging / META_DIR / PROMPT).write_text(prompt, encoding="utf-8")
+        try:
+            (staging / META_DIR).mkdir()
+            (staging / META_DIR / PROMPT).write_text(prompt, encoding="utf-8")
+        except BaseException as err:  # e.g. ENOSPC: leave no half-made staging directory
+            _discard_staging(staging)
+            if isinstance(err, OSError) and not err.filename:
+                raise OSError(err.errno, err.strerror, str(staging / META_DIR / PROMPT)) from err
+            raise
         return staging
 
 

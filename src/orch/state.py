@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 import filelock
 import orjson
 
-from orch.expect import META_DIR
+from orch.expect import META_DIR, Finding, open_regular
 from orch.redact import Redactor, json_safe
 
 MANIFEST_VERSION = 1
@@ -37,6 +39,12 @@ AGENT_LOG = "agent.log"
 ERROR = "error.json"
 #: A staging directory's name: `.<partition dir>.attempt-<n>`.
 STAGING_NAME = re.compile(r"^\.(?P<pid>.+)\.attempt-(?P<n>\d+)$")
+#: Output trees deeper than this, or with longer relative paths, are refused as a
+#: finding: deeper paths overflow PATH_MAX (4096) and break path-based tools.
+MAX_OUTPUT_DEPTH = 64
+MAX_OUTPUT_PATH_BYTES = 1024
+#: orch's own files in `.orch/`: an agent that replaces one fails its attempt.
+META_FILES = (PROMPT, AGENT_LOG, MANIFEST, ERROR)
 #: filelock's default poll (50 ms) gave 50–300 ms waits under contention (STYLE.md).
 LOCK_POLL_S = 0.001
 
@@ -73,6 +81,8 @@ class Manifest:
         run_id: The run that promoted it.
         started_at: Unix time the successful attempt started (seconds).
         finished_at: Unix time it was promoted (seconds).
+        accepted: Each `orch accept` that re-recorded the fingerprint without a
+            run: `{at, run_id, from_fingerprint, reason}` (absent if none).
     """
 
     stage: str
@@ -90,6 +100,7 @@ class Manifest:
     finished_at: float = 0.0
     status: str = "complete"
     version: int = MANIFEST_VERSION
+    accepted: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -105,6 +116,8 @@ class Manifest:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["outputs"] = [vars(o) for o in self.outputs]
         data["duration_s"] = self.duration_s
+        if not self.accepted:  # manifests never accepted keep their layout
+            del data["accepted"]
         option = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
         try:
             return orjson.dumps(data, option=option).decode() + "\n"
@@ -126,6 +139,14 @@ def read_manifest(directory: Path | str) -> Manifest | None:
         data["outputs"] = [OutputFile(**o) for o in data["outputs"]]
         return Manifest(**data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, orjson.JSONDecodeError):
+        return None
+
+
+def read_prompt(directory: Path | str) -> str | None:
+    """Return the prompt that produced a partition (`.orch/prompt.md`), or None if unreadable."""
+    try:
+        return _read_bytes(f"{directory}/{META_DIR}/{PROMPT}").decode("utf-8")
+    except (OSError, UnicodeDecodeError):
         return None
 
 
@@ -233,12 +254,21 @@ def next_attempt(root: Path, stage: str, out_dir: Path, manifest: Manifest | Non
     return max(seen, default=0) + 1
 
 
-def hash_file(path: Path) -> str:
-    """Return the hex sha256 of a file's bytes."""
+def hash_file(path: Path | str, dir_fd: int | None = None) -> str:
+    """Return the hex sha256 of a regular file's bytes, read in 1 MiB chunks.
+
+    Never follows a symlink nor opens a FIFO or device (see `open_regular`).
+
+    Raises:
+        OSError: unreadable, or not a regular file.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+    fd = open_regular(path, dir_fd=dir_fd, follow=False)
+    try:
+        while block := os.read(fd, 1 << 20):
             digest.update(block)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -246,23 +276,269 @@ def collect_outputs(directory: Path) -> list[OutputFile]:
     """Return every regular file under `directory` outside `.orch/`, sorted by path.
 
     Symlinks are not outputs (the expect rules reject those leaving the partition).
+
+    Raises:
+        OSError: `directory` holds something `scan_outputs` refuses.
     """
-    outputs = []
-    pending = [str(directory)]
-    while pending:
-        base = pending.pop()
-        with os.scandir(base) as entries:
-            for entry in entries:
-                if entry.is_symlink():
+    findings, outputs = scan_outputs(directory, hashes=True)
+    if findings:
+        raise OSError(errno.EINVAL, f"unsafe output: {findings[0]}", str(directory))
+    return outputs
+
+
+def scan_outputs(directory: Path, hashes: bool = True) -> tuple[list[Finding], list[OutputFile]]:
+    """Walk an attempt's outputs by directory fds, refusing what orch cannot safely keep.
+
+    Findings (rule `name`, `special`, `depth`, `exists`): names that are not
+    UTF-8 (a manifest must be valid JSON), FIFOs, sockets and devices, trees
+    deeper than MAX_OUTPUT_DEPTH or paths longer than MAX_OUTPUT_PATH_BYTES,
+    and entries that cannot be read. Symlinks are skipped (the expect rules
+    judge them); `.orch/` directories at any depth are not outputs. Nothing is
+    followed or opened but directories and regular files.
+
+    Args:
+        directory: A staging or partition directory.
+        hashes: Hash every output (sha256); False leaves `sha256` empty.
+
+    Returns:
+        The findings, and the outputs (sorted by path) when there are none.
+    """
+    findings: list[Finding] = []
+    outputs: list[OutputFile] = []
+    try:
+        top = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        return [Finding(".", "exists", f"cannot open the directory: {err.strerror}")], []
+    pending: list[tuple[int, str, int]] = [(top, "", 0)]
+    try:
+        while pending and len(findings) < 20:
+            fd, prefix, depth = pending.pop()
+            try:
+                _scan_dir(fd, prefix, depth, pending, findings, outputs, hashes)
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _, _ in pending:
+            os.close(fd)
+    if findings:
+        return sorted(findings, key=lambda f: f.file), []
+    return [], sorted(outputs, key=lambda o: o.path)
+
+
+def hash_outputs(directory: Path, outputs: list[OutputFile]) -> list[OutputFile]:
+    """Return `outputs` (from `scan_outputs(directory, hashes=False)`) with their sha256.
+
+    Raises:
+        OSError: an output is gone, or is no longer a regular file.
+    """
+    return [OutputFile(o.path, o.bytes, o.mtime_ns, hash_file(f"{directory}/{o.path}")) for o in outputs]
+
+
+def _scan_dir(
+    fd: int,
+    prefix: str,
+    depth: int,
+    pending: list[tuple[int, str, int]],
+    findings: list[Finding],
+    outputs: list[OutputFile],
+    hashes: bool,
+) -> None:
+    """Scan one directory (open as `fd`, at relative path `prefix`) for `scan_outputs`."""
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            rel = f"{prefix}{entry.name}"
+            shown = _printable(rel)
+            if shown != rel:
+                findings.append(Finding(shown, "name", "file name is not valid UTF-8; rename it"))
+                continue
+            if len(rel.encode()) > MAX_OUTPUT_PATH_BYTES:
+                findings.append(Finding(shown[:200] + "...", "depth", "path longer than 1024 bytes"))
+                return
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as err:
+                findings.append(Finding(shown, "exists", f"cannot stat: {err.strerror}"))
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if entry.name == META_DIR:
                     continue
-                if entry.is_dir():
-                    if entry.name != META_DIR:  # as the expect globs: .orch/ at any depth
-                        pending.append(entry.path)
-                elif entry.is_file():
-                    st = entry.stat()
-                    rel = os.path.relpath(entry.path, directory)
-                    outputs.append(OutputFile(rel, st.st_size, st.st_mtime_ns, hash_file(Path(entry.path))))
-    return sorted(outputs, key=lambda o: o.path)
+                if depth + 1 >= MAX_OUTPUT_DEPTH:
+                    findings.append(
+                        Finding(shown, "depth", f"directories nested deeper than {MAX_OUTPUT_DEPTH} levels")
+                    )
+                    return
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                try:
+                    pending.append((os.open(entry.name, flags, dir_fd=fd), rel + "/", depth + 1))
+                except OSError as err:
+                    findings.append(Finding(shown, "exists", f"cannot open directory: {err.strerror}"))
+            elif stat.S_ISREG(st.st_mode):
+                try:
+                    digest = hash_file(entry.name, dir_fd=fd) if hashes else ""
+                except OSError as err:
+                    findings.append(Finding(shown, "exists", f"cannot read: {err.strerror}"))
+                    continue
+                outputs.append(OutputFile(rel, st.st_size, st.st_mtime_ns, digest))
+            else:
+                findings.append(
+                    Finding(shown, "special", "not a regular file (FIFO, socket or device); remove it")
+                )
+
+
+def _printable(name: str) -> str:
+    """`name` itself if valid UTF-8, else with its undecodable bytes shown as \\xNN."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_staging(staging: Path) -> list[Finding]:
+    """Check that orch can still write its metadata into `staging` without following links.
+
+    The agent may have removed its working directory, or replaced `.orch` or
+    one of orch's files in it by a symlink, FIFO or directory. Each is a
+    finding (rule `staging` or `meta`); orch then writes nothing through it.
+    """
+    try:
+        st = os.lstat(staging)
+    except FileNotFoundError:
+        return [Finding(".", "staging", "the staging directory was removed during the attempt")]
+    if not stat.S_ISDIR(st.st_mode):
+        return [Finding(".", "staging", "the staging directory was replaced by a symlink or file")]
+    meta = f"{staging}/{META_DIR}"
+    try:
+        st = os.lstat(meta)
+    except FileNotFoundError:
+        return []
+    if not stat.S_ISDIR(st.st_mode):
+        return [
+            Finding(META_DIR, "meta", f"{META_DIR} was replaced by a symlink or file; orch wrote nothing")
+        ]
+    findings = []
+    with os.scandir(meta) as entries:  # d_type from the directory listing: no stat per file
+        for entry in entries:
+            if entry.name in META_FILES and not entry.is_file(follow_symlinks=False):
+                detail = "replaced by a symlink or special file; orch wrote nothing"
+                findings.append(Finding(f"{META_DIR}/{entry.name}", "meta", detail))
+    return sorted(findings, key=lambda f: f.file)
+
+
+class UnsafeMetadata(OSError):
+    """`.orch` in a staging directory is not a directory orch can write into safely."""
+
+
+def write_meta(directory: Path, name: str, data: bytes, reclaim: bool = False) -> None:
+    """Write `directory/.orch/name` atomically, never through a link an agent made.
+
+    Opens `directory` and `.orch` with O_NOFOLLOW, writes a temp file created
+    with O_EXCL beside the target and renames it over `name`, so a symlink or
+    hard link planted by the agent is replaced, never written through.
+    Creates `.orch/` if missing.
+
+    Args:
+        directory: A staging or archived attempt directory.
+        name: File name inside `.orch/`.
+        data: The bytes to write.
+        reclaim: If `.orch` is a symlink or file, move it aside to
+            `.orch.agent-<ns>` and make a fresh `.orch/` (archives); otherwise
+            raise UnsafeMetadata.
+
+    Raises:
+        UnsafeMetadata: `directory` or `.orch` is a symlink or not a directory.
+        OSError: the write failed (e.g. ENOSPC); the message names the path.
+    """
+    target = f"{directory}/{META_DIR}/{name}"
+    try:
+        top = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeMetadata(
+                err.errno, "not a directory orch made (a symlink or file)", str(directory)
+            ) from err
+        raise OSError(err.errno, err.strerror, target) from err
+    try:
+        meta = _open_meta_dir(top, directory, reclaim)
+        try:
+            _replace_file(meta, name, data)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, target) from err
+        finally:
+            os.close(meta)
+    finally:
+        os.close(top)
+
+
+def _open_meta_dir(top: int, directory: Path, reclaim: bool) -> int:
+    """Open (creating if missing) `.orch` inside the directory open as `top`."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(2):
+        try:
+            return os.open(META_DIR, flags, dir_fd=top)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(META_DIR, dir_fd=top)
+        except OSError as err:
+            if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise OSError(err.errno, err.strerror, f"{directory}/{META_DIR}") from err
+            if not reclaim:
+                raise UnsafeMetadata(
+                    err.errno,
+                    "replaced by a symlink or file; orch writes nothing through it",
+                    f"{directory}/{META_DIR}",
+                ) from err
+            os.rename(META_DIR, f"{META_DIR}.agent-{time.time_ns()}", src_dir_fd=top, dst_dir_fd=top)
+            os.mkdir(META_DIR, dir_fd=top)
+    return os.open(META_DIR, flags, dir_fd=top)
+
+
+def _replace_file(dir_fd: int, name: str, data: bytes) -> None:
+    tmp = f".{name}.tmp-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)  # a leftover, or a link planted by the agent
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def touch_meta(directory: Path, name: str) -> None:
+    """Create `directory/.orch/name` empty if missing, never through a link (see `write_meta`).
+
+    Raises:
+        UnsafeMetadata: `directory` or `.orch` is a symlink or not a directory.
+        OSError: the file could not be created.
+    """
+    with contextlib.suppress(OSError):  # the common case: the backend made it
+        if stat.S_ISREG(os.lstat(f"{directory}/{META_DIR}/{name}").st_mode) and not os.path.islink(
+            f"{directory}/{META_DIR}"
+        ):
+            return
+    top = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        meta = _open_meta_dir(top, directory, reclaim=False)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(name, flags, 0o644, dir_fd=meta))
+        except FileExistsError:
+            return
+        finally:
+            os.close(meta)
+    finally:
+        os.close(top)
 
 
 def output_fingerprint(fingerprint: str, outputs: list[OutputFile]) -> str:
@@ -277,9 +553,10 @@ def _fsync_tree(directory: Path) -> None:
     for base, _dirs, files in os.walk(directory):
         for name in files:
             path = os.path.join(base, name)
-            if os.path.islink(path):
+            try:
+                fd = open_regular(path, follow=False)
+            except OSError:  # a symlink or special file: nothing of ours to flush
                 continue
-            fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
@@ -317,7 +594,7 @@ def promote(root: Path, staging: Path, out_dir: Path, manifest: Manifest) -> Non
         raise error
 
 
-def promote_many(root: Path, items: list[tuple[Path, Path, Manifest]]) -> list[OSError | None]:
+def promote_many(root: Path, items: list[tuple[Path, Path, Manifest]]) -> list[Exception | None]:
     """Promote several staging directories with one flush to disk (group commit).
 
     For each `(staging, out_dir, manifest)`: write the manifest into the staging
@@ -329,15 +606,15 @@ def promote_many(root: Path, items: list[tuple[Path, Path, Manifest]]) -> list[O
     between two renames leaves a partition missing, never half-promoted.
 
     Returns:
-        One entry per item: None, or the OSError that stopped that item.
+        One entry per item: None, or the exception that stopped that item (an
+        OSError, UnsafeMetadata, or e.g. a manifest that cannot be serialized);
+        one item's failure never stops the others.
     """
-    errors: list[OSError | None] = [None] * len(items)
+    errors: list[Exception | None] = [None] * len(items)
     for index, (staging, _, manifest) in enumerate(items):
         try:
-            if not (staging / META_DIR).is_dir():  # an agent may have deleted it
-                (staging / META_DIR).mkdir()
-            (staging / META_DIR / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
-        except OSError as err:
+            write_meta(staging, MANIFEST, manifest.to_json().encode())
+        except Exception as err:  # reported per item, never raised
             errors[index] = err
     # one syncfs per filesystem the staging dirs live on (data/ may be a symlink
     # to another disk than the project root)
@@ -370,7 +647,8 @@ def promote_many(root: Path, items: list[tuple[Path, Path, Manifest]]) -> list[O
         except OSError as err:
             errors[index] = err
     for parent in parents:
-        _fsync_dir(parent)
+        with contextlib.suppress(OSError):  # renamed already; only durability is at stake
+            _fsync_dir(parent)
     return errors
 
 
@@ -409,19 +687,43 @@ def archive_attempt(
 ) -> Path:
     """Move a failed or interrupted staging directory to `wip/attempts/`.
 
-    Writes `.orch/error.json` (`error`: the attempt record, secrets redacted
-    by `redactor`, numbers made JSON-safe) first, so the archive says why.
-    Returns the archive path `wip/attempts/<stage>/<id>/<n>/`.
+    Writes `.orch/error.json` (`error`: the attempt record, secrets redacted by
+    `redactor`, numbers made JSON-safe) so the archive
+    says why: into the staging directory first, or, if that fails (full
+    disk) or the agent removed it, into the archive. Never writes through a
+    link the agent made: a replaced `.orch` is moved aside to
+    `.orch.agent-<ns>`, a staging path replaced by a symlink or file is
+    archived as `<archive>/staging-not-a-directory`.
+
+    Returns:
+        The archive path `wip/attempts/<stage>/<id>/<n>/`.
+
+    Raises:
+        OSError: the archive could not be written (e.g. ENOSPC, EROFS).
     """
-    (staging / META_DIR).mkdir(exist_ok=True)
     record = json_safe(redactor.record(error) if redactor else error)
-    (staging / META_DIR / ERROR).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     match = STAGING_NAME.match(staging.name)
     number = match.group("n") if match else str(error.get("n", 0))
     dest = attempts_dir(root, stage, partition) / number
-    if dest.exists():
+    if os.path.lexists(dest):
         dest = dest.with_name(f"{number}-{int(time.time() * 1000)}")
-    move(staging, dest)
+    written = False
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(staging).st_mode)
+    except FileNotFoundError:
+        is_dir = None
+    if is_dir:
+        with contextlib.suppress(OSError):
+            write_meta(staging, ERROR, data, reclaim=True)
+            written = True
+        move(staging, dest)
+    else:
+        dest.mkdir(parents=True)
+        if is_dir is False:
+            os.rename(staging, dest / "staging-not-a-directory")
+    if not written:
+        write_meta(dest, ERROR, data, reclaim=True)
     return dest
 
 
@@ -456,6 +758,11 @@ class PartitionLock:
             except FileNotFoundError:  # first lock of this stage: make wip/locks/<stage>/
                 self._path.parent.mkdir(parents=True, exist_ok=True)
         return False
+
+    @property
+    def is_held(self) -> bool:
+        """True while this object holds the lock."""
+        return bool(self._lock.is_locked)
 
     def release(self) -> None:
         """Release the lock if held."""

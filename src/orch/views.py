@@ -129,7 +129,9 @@ def print_json(console: Any, data: Any) -> None:
 
 
 def plan_action(state: PartitionState) -> str:
-    """Return what `orch stage run` would do: run, skip, wait or held."""
+    """Return what `orch stage run` would do: run, skip, wait, held or kept."""
+    if state.kept is not None:
+        return "kept"
     if state.status is Status.COMPLETE:
         return "skip"
     if state.status is Status.RUNNING:
@@ -193,7 +195,7 @@ def status_rows(planner: Planner, states: Sequence[PartitionState]) -> list[dict
         numbers = {n for n, _ in planner.archived(s.partition)}
         if manifest:
             numbers.add(manifest.attempt)
-        error = s.last_error or (planner.last_error(s.partition) if numbers else None)
+        error = s.last_error or current_error(planner, s)
         rows.append(
             {
                 "id": s.partition.id,
@@ -208,6 +210,32 @@ def status_rows(planner: Planner, states: Sequence[PartitionState]) -> list[dict
             }
         )
     return rows
+
+
+def usage_cells(usage: dict[str, Any]) -> list[str]:
+    """Return `[tokens, cost]` cells of a usage total ("" where none was reported)."""
+    tokens = (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0)
+    cost = usage.get("cost_usd") or 0.0
+    return [str(tokens) if tokens else "", f"${cost:.4f}" if cost else ""]
+
+
+def current_error(planner: Planner, state: PartitionState) -> dict[str, Any] | None:
+    """The latest failed attempt's error if it belongs to the current state, else None.
+
+    A failed partition's own error counts; so does an attempt that failed
+    after the outputs on disk were promoted (a forced or other-agent rerun).
+    An old error beside newer complete outputs is history, not state
+    (`orch show` lists it among the attempts).
+    """
+    if state.last_error is not None:
+        return state.last_error
+    if state.manifest is None or (state.status is Status.COMPLETE and not planner.archived(state.partition)):
+        return None
+    error = planner.last_error(state.partition)
+    number = (error or {}).get("n")
+    if error is None or not isinstance(number, int) or number <= state.manifest.attempt:
+        return None
+    return error
 
 
 SUMMARY_COLUMNS = [

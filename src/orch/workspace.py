@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from orch.backends import fingerprint_settings
-from orch.blueprints import Blueprint, load_blueprint, render_blueprint
+from orch.blueprints import Blueprint, check_blueprint_path, load_blueprint, render_blueprint
 from orch.errors import BlueprintError
 from orch.expect import SchemaStore
 from orch.partitions import Partition, PartitionIndex
@@ -31,13 +33,20 @@ def digest(value: Any) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+def key_digests(mapping: Mapping[str, Any]) -> dict[str, str]:
+    """Return `key -> digest(value)`: what a manifest keeps to name a changed key."""
+    return {str(k): digest(v) for k, v in mapping.items()}
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """A partition's fingerprint and the hashes it was made of.
 
     `value` covers prompt, agent, expect and inputs. The row, vars and
     blueprint hashes only explain a changed prompt, so they are computed on
-    demand (`explain`), not for every partition `orch status` looks at.
+    demand (`explain`), not for every partition `orch status` looks at; the
+    per-key hashes (`keys`: row fields, vars, agent settings) only name the
+    changed key, so they are computed only for that.
     """
 
     value: str
@@ -45,17 +54,40 @@ class Fingerprint:
     agent: str
     expect: str
     inputs: Mapping[str, str]
-    explain: Callable[[], dict[str, str]]
+    explain: Callable[[], dict[str, Any]]
+    keys: Callable[[], dict[str, Any]] = dict
 
     def parts(self) -> dict[str, Any]:
-        """Return the parts as stored in the manifest (with row/vars/blueprint)."""
+        """Return the parts as stored in the manifest (with row/vars/blueprint and per-key hashes)."""
         return {
             "prompt": self.prompt,
             "agent": self.agent,
             "expect": self.expect,
             "inputs": dict(self.inputs),
             **self.explain(),
+            **self.keys(),
         }
+
+
+#: Largest upstream output file `child.read()` inlines into a prompt: 16 MiB.
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+
+
+def _read_input(directory: Path, name: str) -> str:
+    """Read `directory/name`: a regular UTF-8 file inside `directory`, at most MAX_INPUT_BYTES."""
+    base = directory.resolve()
+    path = (directory / name).resolve()
+    if base not in path.parents:
+        raise ValueError("the file lies outside the partition directory")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = file.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise ValueError(f"larger than {MAX_INPUT_BYTES:,} bytes, the bound for inlining an input")
+    # newlines translated as text mode does, as before: prompts stay byte-identical
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
 class InputView:
@@ -84,16 +116,19 @@ class InputView:
         """Return the text of output file `name` (to inline it in a prompt).
 
         In preview mode (inputs not complete yet) returns a labelled placeholder.
+        The file must be a regular file inside the partition directory (symlinks
+        resolved) of at most MAX_INPUT_BYTES; a FIFO or device is refused, never
+        waited on.
 
         Raises:
-            BlueprintError: the file does not exist or is not UTF-8 text.
+            BlueprintError: the file does not exist, lies outside the partition
+                directory, is not a regular file, is too big, or is not UTF-8 text.
         """
         if self._preview:
             return f"[contents of {name} from {self.stage}/{self.id}: not written yet]"
-        path = self._root / self.out_dir / name
         try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
+            return _read_input(self._root / self.out_dir, str(name))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
             raise BlueprintError(
                 f"INPUTS: cannot read {name!r} of partition {self.id} (stage {self.stage}): "
                 f"{getattr(err, 'strerror', None) or err}",
@@ -117,6 +152,25 @@ class Workspace:
         self.schemas = SchemaStore(project.root)
         self._blueprints: dict[str, Blueprint] = {}
         self._hashes: dict[Any, str] = {}
+        self._key_hashes: dict[Any, dict[str, str]] = {}
+
+    def check(self) -> None:
+        """Run the load-time checks every command that plans or runs shares.
+
+        Loads every stage's partitions (ids, rows, output directories strictly
+        inside data/ and never nested in one another, across all stages),
+        checks blueprint paths stay inside the project, and loads every schema
+        an expect rule names, resolving its `$ref`s. Writes nothing.
+
+        Raises:
+            ConfigError: the first problem found, naming file and line or row.
+        """
+        for name, stage in self.project.stages.items():
+            check_blueprint_path(self.root, stage.blueprint)
+            self.partitions.for_stage(name)
+            for rule in stage.expect:
+                if rule.schema:
+                    self.schemas.validator(rule.schema)
 
     def blueprint(self, stage: Stage) -> Blueprint:
         """Return the stage's parsed blueprint (read once per workspace)."""
@@ -202,7 +256,7 @@ class Workspace:
             parts += [f"{k}={v}" for k, v in sorted(inputs.items())]
         value = digest("\0".join(parts))
 
-        def explain() -> dict[str, str]:
+        def explain() -> dict[str, Any]:
             return {
                 "row": digest(dict(partition.row)),
                 "vars": self._cached(
@@ -213,7 +267,18 @@ class Workspace:
                 ),
             }
 
-        return Fingerprint(value, prompt_hash, agent_hash, expect_hash, inputs, explain)
+        def keys() -> dict[str, Any]:
+            return {
+                "row_keys": key_digests(partition.row),
+                "vars_keys": self._keyed(
+                    ("vars_keys", stage.name), lambda: key_digests({**self.project.vars, **stage.vars})
+                ),
+                "agent_keys": self._keyed(
+                    ("agent_keys", agent.name), lambda: key_digests(fingerprint_settings(agent))
+                ),
+            }
+
+        return Fingerprint(value, prompt_hash, agent_hash, expect_hash, inputs, explain, keys)
 
     def _expect_digest(self, stage: Stage) -> str:
         rules = [asdict(rule) for rule in stage.expect]
@@ -221,6 +286,12 @@ class Workspace:
             rule.schema: digest(self.schemas.schema(rule.schema)) for rule in stage.expect if rule.schema
         }
         return digest({"rules": rules, "schemas": schemas})
+
+    def _keyed(self, key: Any, compute: Callable[[], dict[str, str]]) -> dict[str, str]:
+        """Per-key hashes computed once per workspace (a copy: callers may keep it)."""
+        if key not in self._key_hashes:
+            self._key_hashes[key] = compute()
+        return dict(self._key_hashes[key])
 
     def _cached(self, key: Any, compute: Any) -> str:
         if key not in self._hashes:

@@ -110,6 +110,7 @@ def test_plan_lists_partitions_and_output_dirs(project):
         "item01     missing  run     missing  data/work/item01",
         "item02     missing  run     missing  data/work/item02",
         "item03     missing  run     missing  data/work/item03",
+        "3 to run · 0 up to date · no cost history for agent fake",
     ]
 
 

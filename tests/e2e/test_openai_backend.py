@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -236,19 +237,20 @@ def test_streaming_reply_mode(make_project, monkeypatch, server):
     assert manifest(project)["usage"]["output_tokens"] == len(DEFAULT_TEXT.format(key="default")) // 4 + 1
 
 
-def test_a_missing_api_key_fails_the_attempt_without_a_request(make_project, monkeypatch, server):
+def test_a_missing_api_key_stops_the_run_before_any_request(make_project, monkeypatch, server):
+    # Was exit 3 after failing every attempt; the pre-flight (orch.preflight) now says it once.
     project = openai_project(make_project, monkeypatch, server, agent={"reply_file": "out.md"})
     monkeypatch.delenv("FAKE_OPENAI_KEY")
 
     result = project.orch("stage", "run", "work")
 
-    assert result.returncode == 3
+    assert result.returncode == 2
     assert server.requests == []
-    shown = project.orch("show", "work", "item01").stdout
     assert (
         "environment variable FAKE_OPENAI_KEY (api_key_env) is not set; export the API key in it, "
-        "or set api_key_env: null for an endpoint without keys" in shown
+        "or set api_key_env: null for an endpoint without keys" in result.stderr
     )
+    assert not (project.root / "wip").exists()
 
 
 def test_a_bad_setting_is_a_config_error_naming_the_key(make_project, monkeypatch, server):
@@ -311,9 +313,21 @@ def test_a_429_storm_halves_the_agent_concurrency_and_the_rest_wait_instead_of_f
 
 
 def test_an_unreachable_endpoint_is_an_http_5xx_failure_naming_the_cause(make_project, monkeypatch, server):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    # The endpoint answers orch's pre-flight probe, then goes away (a dead
+    # endpoint at the start is the pre-flight's: tests/e2e/test_preflight.py).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    closed_url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+
+    def answer_probe_then_close() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        listener.close()  # before answering: the run's requests find the port closed
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+        conn.close()
+
+    threading.Thread(target=answer_probe_then_close, daemon=True).start()
     agent = {"base_url": closed_url, "reply_file": "out.md"}
     project = openai_project(make_project, monkeypatch, server, agent=agent)
 

@@ -121,7 +121,9 @@ def test_edit_inside_if_makes_exactly_that_groups_partitions_stale(project):
     planned = plan(project)
     stale = sorted(pid for pid, p in planned.items() if p["status"] == "stale")
     assert stale == [f"3.{i}_item" for i in range(1, 6)]
-    assert {planned[pid]["reason"] for pid in stale} == {"stale: prompt changed (blueprint agents/work.md)"}
+    assert {planned[pid]["reason"] for pid in stale} == {
+        "stale: prompt changed at line 4 (blueprint agents/work.md)"
+    }
     assert all(p["action"] == "skip" for pid, p in planned.items() if pid not in stale)
 
     project.orch("stage", "run", "work", check=True)
@@ -154,7 +156,7 @@ def test_changed_row_makes_only_that_partition_stale(project):
     write_rows(project, items)
     planned = plan(project)
     stale = {pid: p["reason"] for pid, p in planned.items() if p["status"] != "complete"}
-    assert stale == {"2.3_item": "stale: references/items.yaml row changed"}
+    assert stale == {"2.3_item": "stale: references/items.yaml row changed (field NOTE)"}
     project.orch("stage", "run", "work", check=True)
     assert started(project) == ["2.3_item"]
 
@@ -168,7 +170,8 @@ def test_agent_settings_and_expect_rules_changes_are_explained(project):
     config["agents"]["other"] = {"backend": "command", "command": ["some-agent", "--model", "x"]}
     project.config(config)
     planned = plan_with_agent(project, "other")
-    assert {p["reason"] for p in planned.values()} == {"stale: agent settings changed"}
+    (reason,) = {p["reason"] for p in planned.values()}
+    assert reason.startswith("stale: agent settings changed (backend, command, ")
 
     config = framework_config()
     config["stages"]["work"]["expect"][0]["min_bytes"] = 41
@@ -205,7 +208,7 @@ def test_retry_failed_runs_only_failed_partitions(make_project):
     assert first.returncode == 3
     planned = {p["id"]: p for p in json.loads(project.orch("plan", "work", "--json").stdout)["partitions"]}
     assert planned["item02"]["status"] == "failed"
-    assert planned["item02"]["reason"] == "failed in attempt 1: exit code 1: rate limited"
+    assert planned["item02"]["reason"] == "failed: exit code 1: rate limited (attempt #1)"
     Path(project.root / "data/work/item03/out.md").unlink()  # incomplete, not failed
 
     retried = project.orch("stage", "run", "work", "--retry-failed")
@@ -222,7 +225,7 @@ def test_show_lists_outputs_attempts_and_last_error(make_project):
     assert project.orch("stage", "run", "work").returncode == 3
     shown = project.orch("show", "work", "item01")
     assert shown.returncode == 0
-    assert "work / item01: failed — failed in attempt 1: exit code 1: boom: quota" in shown.stdout
+    assert "work / item01: failed — failed: exit code 1: boom: quota (attempt #1)" in shown.stdout
     assert "#1 failed: exit code 1: boom: quota  (wip/attempts/work/item01/1)" in shown.stdout
     assert "| boom: quota" in shown.stdout
 

@@ -17,6 +17,19 @@ repeats); a mapping applies to every attempt. Actions:
     crash            write half of the first file, then SIGKILL itself
     sleep            sleep `seconds`, then succeed
 
+Hostile actions write the files like `succeed`, then leave something behind:
+
+    nonutf8_name     a file whose name is not UTF-8 (b"bad-\\xff.txt")
+    fifo             a FIFO `pipe`           socket    a listening Unix socket `sock`
+    device           a character device `null` (root only)
+    deep_tree        directories nested `depth` (default 2000) levels deep
+    rm_cwd           removes its own working directory (the staging directory)
+    huge_file        `name` (default out.md) grown sparse to `bytes` (default 10 GB)
+    symlink_meta     replaces `what` (".orch", ".orch/manifest.json", ".orch/agent.log",
+                     ".orch/prompt.md", or ".orch/error.json") by a symlink to `target`
+    fill_disk        writes `fill` until the disk is full (ENOSPC ignored)
+    fifo_meta        replaces `what` (e.g. ".orch/agent.log") by a FIFO, exits `exit` (default 0)
+
 Every invocation appends a JSON line {partition, stage, attempt, pid, ts, action}
 to $FAKE_AGENT_LOG, so tests can count invocations per partition. An invocation
 that exits by itself (not hang, not crash) also appends {partition, pid, ts, exit}
@@ -26,9 +39,12 @@ lifetimes did not overlap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -121,7 +137,50 @@ def act() -> int:
     for name, text in files.items():
         Path(name).parent.mkdir(parents=True, exist_ok=True)
         Path(name).write_text(text.format(partition=partition))
-    return 0
+    leave_behind(action, step)
+    return int(step.get("exit", 0)) if action == "fifo_meta" else 0
+
+
+def leave_behind(action: str, step: dict) -> None:
+    """Do what a hostile action leaves in the staging directory after its outputs."""
+    if action == "nonutf8_name":
+        Path(os.fsdecode(b"bad-\xff.txt")).write_text("x")
+    elif action == "fifo":
+        os.mkfifo("pipe")
+    elif action == "socket":
+        import socket
+
+        server = socket.socket(socket.AF_UNIX)
+        server.bind("sock")
+        server.listen()
+    elif action == "device":
+        os.mknod("null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    elif action == "deep_tree":
+        here = os.getcwd()
+        for _ in range(int(step.get("depth", 2000))):
+            os.mkdir("d")
+            os.chdir("d")
+        Path("leaf.md").write_text("deep\n")
+        os.chdir(here)
+    elif action == "rm_cwd":
+        shutil.rmtree(os.getcwd())
+    elif action == "huge_file":
+        os.truncate(step.get("name", "out.md"), int(step.get("bytes", 10 * 1024**3)))
+    elif action == "symlink_meta":
+        what = Path(step.get("what", ".orch"))
+        if what.is_dir() and not what.is_symlink():
+            shutil.rmtree(what)
+        elif what.exists() or what.is_symlink():
+            what.unlink()
+        what.symlink_to(step["target"])
+    elif action == "fifo_meta":
+        os.unlink(step["what"])
+        os.mkfifo(step["what"])
+    elif action == "fill_disk":
+        with contextlib.suppress(OSError), open(step.get("fill", "filler.bin"), "wb") as handle:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
 
 
 if __name__ == "__main__":

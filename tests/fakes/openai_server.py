@@ -75,6 +75,7 @@ class FakeOpenAI:
         self.latency_s = latency_s
         self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
+        self.probes = 0
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self.stopped = threading.Event()
@@ -158,6 +159,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: tests read the request log instead."""
+
+    def do_GET(self) -> None:
+        """`GET /v1/models` (orch's pre-flight probe): a model list, 401 for a wrong key.
+        Not recorded in `requests`, which holds completions only."""
+        fake = self.server.fake
+        fake.probes += 1
+        if not self.path.rstrip("/").endswith("/models"):
+            self._json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+        elif fake.api_key and self.headers.get("authorization") != f"Bearer {fake.api_key}":
+            error = {"message": "Incorrect API key provided", "type": "invalid_request_error"}
+            self._json(401, {"error": error})
+        else:
+            self._json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
     def do_POST(self) -> None:
         fake = self.server.fake

@@ -322,3 +322,119 @@ def test_fill_placeholders_unknown_name_suggests_and_lists_known():
         fill_placeholders("data/<C>", {"B": 1, "CC": 2}, "orch.yaml:9: stages.w.output:")
     assert info.value.message == "orch.yaml:9: stages.w.output: unknown placeholder <C>; did you mean <CC>?"
     assert info.value.hint == "known names: B, CC"
+
+
+# -- sandbox and bounds (issue 10, item 6) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (
+            "{{ cycler.__init__.__globals__.os.system('touch x') }}",
+            "access to attribute '__init__' of 'type' object is unsafe.",
+        ),
+        ("{{ ''.__class__.__mro__ }}", "access to attribute '__class__' of 'str' object is unsafe."),
+        ("{% set x = [] %}{{ x.append(1) }}", "access to attribute 'append' of 'list' object is unsafe."),
+    ],
+)
+def test_blueprints_cannot_reach_python_internals(body, detail):
+    error = render_error("line one\n" + body + "\n", {})
+    assert error.message == f"agents/x.md:2: cannot render: {detail} ({CONTEXT})"
+    assert error.hint.startswith("blueprints render sandboxed")
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (
+            "{% for i in range(10**9) %}x{% endfor %}",
+            "calling safe_range(): argument 1000000000 is larger than the blueprint bound of 1,000,000",
+        ),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "loops ran more than the blueprint bound of 1,000,000 iterations",
+        ),
+        (
+            "{{ 'x' * 10**9 }}",
+            "the result of the operator * would be larger than the blueprint bound of "
+            "16,777,216 characters or items",
+        ),
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(80) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+            "a joined (~) value is larger than the blueprint bound of 16,777,216 characters or items",
+        ),
+        (
+            "{% set x %}{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}{% endset %}",
+            "the rendered text is longer than the blueprint bound of 16,777,216 characters",
+        ),
+        (
+            "{{ 'x' | center(10**9) }}",
+            "filter 'center': argument 1000000000 is larger than the blueprint bound of 1,000,000",
+        ),
+        (
+            "{{ '%1000000000s' % 1 }}",
+            "the operator %: a format width or precision above 999,999 is not allowed",
+        ),
+        (
+            "{{ '{:>1000000000}'.format(1) }}",
+            "calling format(): a format width or precision above 999,999 is not allowed",
+        ),
+        (
+            "{{ 2 ** 100000 }}",
+            "the operator ** would give a number larger than the blueprint bound of 4096 bits",
+        ),
+    ],
+)
+def test_renders_are_bounded_in_size_and_loops(body, detail):
+    error = render_error(body + "\n", {})
+    assert error.message == f"agents/x.md:1: cannot render: {detail} ({CONTEXT})"
+    assert "at most 16,777,216 characters" in error.hint and "1,000,000 loop iterations" in error.hint
+
+
+def test_runaway_macro_recursion_is_a_blueprint_error():
+    error = render_error("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}\n", {})
+    assert error.message.startswith("agents/x.md:1: cannot render: maximum recursion depth exceeded")
+
+
+def test_loop_length_and_filters_still_work_under_the_bounds():
+    text = "{% for q in Q %}- {{ q | upper }} {{ loop.index }}/{{ loop.length }}\n{% endfor %}{{ 'a' ~ 'b' }}"
+    assert render(text, {"Q": ["a", "b"]}) == "- A 1/2\n- B 2/2\nab"
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_include_and_import_reach_files_under_agents(tmp_path):
+    write(tmp_path / "agents/partials/intro.md", "Intro for <NAME>.\n")
+    write(tmp_path / "agents/macros.md", "{% macro bullet(x) %}- {{ x }}{% endmacro %}")
+    write(
+        tmp_path / "agents/x.md",
+        "{% include 'partials/intro.md' %}{% import 'macros.md' as m %}{{ m.bullet(NAME) }}\n",
+    )
+    blueprint = load_blueprint(tmp_path, "agents/x.md")
+    assert render_blueprint(blueprint, {"NAME": "n"}) == "Intro for n.\n- n\n"
+
+
+@pytest.mark.parametrize("target", ["../orch.yaml", "/etc/passwd", "link/secret.md", "fifo.md"])
+def test_include_outside_agents_is_a_blueprint_error(tmp_path, target):
+    import os
+
+    write(tmp_path / "orch.yaml", "secret\n")
+    write(tmp_path / "outside/secret.md", "secret\n")
+    (tmp_path / "agents/link").symlink_to(tmp_path / "outside", target_is_directory=True) if (
+        tmp_path / "agents"
+    ).mkdir() is None else None
+    os.mkfifo(tmp_path / "agents/fifo.md")
+    write(tmp_path / "agents/x.md", f"first\n{{% include '{target}' %}}\n")
+    error = render_error_loaded(tmp_path)
+    assert error.message.startswith(f"agents/x.md:2: cannot render: {target} (")
+    assert error.hint == "include, import and extend only files under agents/, by their path there"
+
+
+def render_error_loaded(root):
+    with pytest.raises(BlueprintError) as info:
+        render_blueprint(load_blueprint(root, "agents/x.md"), {})
+    return info.value

@@ -211,3 +211,78 @@ def test_empty_json_file_loads_as_nothing_like_an_empty_yaml_file(tmp_path):
     path = tmp_path / "r.json"
     path.write_text("  \n")
     assert load_document(path, "references/r.json") is None
+
+
+# -- bounded input (issue 10, item 8) --------------------------------------------------------
+
+BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_alias_bomb_is_refused_before_it_is_built(tmp_path):
+    import time
+
+    started = time.monotonic()
+    error = load_error(write(tmp_path, "r.yaml", BILLION_LAUGHS))
+    assert time.monotonic() - started < 1.0
+    assert error.message == (
+        "references/r.yaml:7: invalid YAML: aliases expand to more than 1,000,000 nodes (an alias bomb?)"
+    )
+    assert error.hint == "orch reads at most 100 levels of nesting and 1,000,000 alias-expanded nodes"
+
+
+def test_ordinary_aliases_and_merge_keys_still_load():
+    data = parse_yaml("base: &b {k: 1}\nuse: *b\nmerged: {<<: *b, d: 2}\n", "orch.yaml")
+    assert data == {"base": {"k": 1}, "use": {"k": 1}, "merged": {"k": 1, "d": 2}}
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("x:\n  " + "[" * 100_000 + "]" * 100_000 + "\n", 2),  # libyaml itself crashes on this
+        ("".join(" " * i + "- \n" for i in range(0, 400, 2)), 101),
+        ("a: &a " + "[" * 55 + "1" + "]" * 55 + "\nb: " + "[" * 55 + "*a" + "]" * 55 + "\n", 2),
+    ],
+)
+def test_yaml_nesting_is_bounded(text, line):
+    with pytest.raises(ConfigError) as info:
+        parse_yaml(text, "orch.yaml")
+    assert info.value.message.startswith(
+        f"orch.yaml:{line}: invalid YAML: lists and mappings nest deeper than 100"
+    )
+
+
+@pytest.mark.parametrize("depth", [101, 100_000])
+def test_json_nesting_is_bounded_with_its_line(tmp_path, depth):
+    error = load_error(write(tmp_path, "r.json", '{"rows":\n  ' + "[" * depth + "]" * depth + "}"))
+    assert (
+        error.message == "references/r.json:2: invalid JSON: arrays and objects nest deeper than 100 levels"
+    )
+
+
+def test_a_fifo_is_an_error_not_a_hang(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "r.yaml")
+    error = load_error(tmp_path / "r.yaml")
+    assert error.message == "references/r.yaml: cannot read: not a regular file (a FIFO, socket or device)"
+    assert error.hint == "replace it with a regular file"
+
+
+def test_nul_byte_in_a_path_is_an_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        read_text(tmp_path / "a\x00b.yaml", "references/a\x00b.yaml")
+    assert info.value.message == "references/a\x00b.yaml: cannot read: the path contains a NUL byte"
+
+
+def test_crlf_is_read_as_newlines_as_in_text_mode(tmp_path):
+    assert read_text(write(tmp_path, "r.yaml", b"a: 1\r\nb: 2\rc: 3\n"), "r") == "a: 1\nb: 2\nc: 3\n"
+
+
+def test_a_file_past_the_size_bound_is_refused_unread(tmp_path, monkeypatch):
+    import orch.documents
+
+    monkeypatch.setattr(orch.documents, "MAX_FILE_BYTES", 8)
+    error = load_error(write(tmp_path, "r.yaml", "- a\n- b\n- c\n"))
+    assert error.message == "references/r.yaml: cannot read: larger than 8 bytes"

@@ -491,3 +491,150 @@ def test_schema_store_loads_each_schema_once(tmp_path: Path):
     path.unlink()
     assert store.validator("s.json") is first
     assert store.schema("s.json") == SOURCES_SCHEMA
+
+
+# hostile outputs: streamed or capped reads, never a whole file in memory, never a hang
+
+
+def test_headings_are_found_after_a_line_longer_than_any_heading(part: Path):
+    with open(part / "out.md", "wb") as handle:
+        handle.write(b"# Title\n" + b"x" * (3 << 20) + b"\n## Summary\n")
+    assert check(part, ExpectRule(file="out.md", headings=("## Summary",))) == []
+
+
+def test_a_heading_split_across_read_chunks_is_found(part: Path):
+    head = b"a" * ((1 << 20) - 4) + b"\n"  # "## Summary" straddles the first 1 MiB read
+    (part / "out.md").write_bytes(head + b"## Summary\nend\n")
+    assert check(part, ExpectRule(file="out.md", headings=("## Summary",))) == []
+
+
+def test_a_long_line_ending_in_heading_text_is_not_a_heading(part: Path):
+    (part / "out.md").write_bytes(b"y" * 10_000 + b"## Summary\n")
+    [finding] = check(part, ExpectRule(file="out.md", headings=("## Summary",)))
+    assert (finding.rule, finding.detail) == ("headings", "missing heading '## Summary'")
+
+
+def test_headings_in_a_sparse_file_larger_than_memory_would_allow_are_scanned(part: Path):
+    path = part / "out.md"
+    path.write_bytes(b"## Summary\n")
+    os.truncate(path, 200 << 20)  # 200 MiB of NUL bytes after the heading
+    assert check(part, ExpectRule(file="out.md", headings=("## Summary", "## Evidence"))) == [
+        Finding("out.md", "headings", "missing heading '## Evidence'")
+    ]
+
+
+def test_json_above_the_cap_is_a_finding_without_reading_it(part: Path):
+    path = part / "data.json"
+    path.write_bytes(b"{}")
+    os.truncate(path, 10 << 30)  # sparse: 10 GiB
+    [finding] = check(part, ExpectRule(file="data.json", json=True))
+    assert finding == Finding(
+        "data.json", "json", f"{10 << 30} bytes, above the 67108864 byte limit for JSON checks"
+    )
+
+
+def test_json_nested_too_deeply_is_a_finding(part: Path):
+    (part / "data.json").write_text("[" * 100_000 + "]" * 100_000)
+    [finding] = check(part, ExpectRule(file="data.json", json=True))
+    assert (finding.rule, finding.detail) == ("json", "JSON nested too deeply to check")
+
+
+def test_a_fifo_named_by_a_rule_is_not_a_regular_file_and_never_opened(part: Path):
+    os.mkfifo(part / "out.md")  # opening it for reading would block for ever
+    [finding] = check(part, ExpectRule(file="out.md", headings=("## Summary",)))
+    assert finding == Finding("out.md", "exists", "not a regular file")
+
+
+def test_open_regular_refuses_a_fifo_at_once(part: Path):
+    from orch.expect import open_regular
+
+    os.mkfifo(part / "pipe")
+    with pytest.raises(OSError, match="not a regular file"):
+        open_regular(part / "pipe")
+
+
+def test_a_tree_too_deep_for_path_names_is_a_finding_not_a_crash(part: Path):
+    import subprocess
+
+    write(part, "out.md", "## Summary\n")
+    here = os.getcwd()
+    os.chdir(part)
+    try:
+        for _ in range(2100):  # paths past PATH_MAX (4096 bytes)
+            os.mkdir("dd")
+            os.chdir("dd")
+    finally:
+        os.chdir(here)
+    try:
+        findings = check(part, ExpectRule(file="out.md", headings=("## Summary",)))
+        assert [(f.rule, f.detail) for f in findings] == [("exists", "cannot list: File name too long")]
+    finally:
+        subprocess.run(["rm", "-rf", str(part / "dd")], check=True)
+
+
+def test_checking_a_removed_directory_gives_findings(part: Path):
+    findings = check(part / "gone", ExpectRule(file="out.md"), ExpectRule(glob="*.md"))
+    assert [(f.file, f.rule) for f in findings] == [("out.md", "exists"), ("*.md", "glob"), (".", "exists")]
+
+
+# SchemaStore: $ref resolved once, locally (issue 10, item 7)
+
+
+def schema_with_ref(tmp_path: Path, ref: str) -> SchemaStore:
+    (tmp_path / "schemas").mkdir(exist_ok=True)
+    (tmp_path / "schemas" / "s.json").write_text(
+        json.dumps({"$defs": {"n": {"type": "integer"}}, "properties": {"x": {"$ref": ref}}})
+    )
+    return SchemaStore(tmp_path)
+
+
+def test_schema_refs_to_fragments_and_project_files_resolve_at_load(tmp_path: Path):
+    (tmp_path / "schemas" / "common").mkdir(parents=True)
+    (tmp_path / "schemas" / "common" / "url.json").write_text(
+        json.dumps({"$defs": {"u": {"$ref": "str.json"}}})
+    )
+    (tmp_path / "schemas" / "common" / "str.json").write_text(json.dumps({"type": "string"}))
+    store = schema_with_ref(tmp_path, "common/url.json#/$defs/u")
+    validator = store.validator("schemas/s.json")
+    (tmp_path / "schemas" / "common" / "str.json").unlink()  # resolved once: never read again
+    assert [e.message for e in validator.iter_errors({"x": 1})] == ["1 is not of type 'string'"]
+    assert not list(schema_with_ref(tmp_path, "#/$defs/n").validator("schemas/s.json").iter_errors({"x": 1}))
+
+
+@pytest.mark.parametrize(
+    ("ref", "why"),
+    [
+        ("https://example.com/s.json", "only files inside the project are allowed, not URLs"),
+        ("http://127.0.0.1:9/s.json", "only files inside the project are allowed, not URLs"),
+        ("file:///etc/passwd", "/etc/passwd is outside the project"),
+        ("../../outside.json", "is outside the project"),
+        ("missing.json", "schemas/missing.json: file not found"),
+        ("#/$defs/nowhere", "/$defs/nowhere"),
+    ],
+)
+def test_unresolvable_or_remote_schema_refs_fail_at_load(tmp_path: Path, ref: str, why: str):
+    with pytest.raises(ConfigError) as info:
+        schema_with_ref(tmp_path, ref).validator("schemas/s.json")
+    assert info.value.message.startswith(f"schemas/s.json: $ref '{ref}' cannot be resolved: ")
+    assert why in info.value.message
+    assert info.value.hint == (
+        "point $ref at a '#/...' fragment or a JSON file inside the project, by a relative path"
+    )
+
+
+def test_schema_outside_the_project_or_not_a_regular_file_is_refused(tmp_path: Path):
+    import os
+
+    with pytest.raises(ConfigError) as info:
+        SchemaStore(tmp_path).validator("../s.json")
+    assert info.value.message == (
+        "../s.json: schema file must be inside the project (named by an expect rule in orch.yaml)"
+    )
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(ConfigError) as info:
+        SchemaStore(tmp_path).validator("fifo.json")
+    assert info.value.message == "fifo.json: cannot read: not a regular file (a FIFO, socket or device)"
+    (tmp_path / "deep.json").write_text("[" * 200 + "]" * 200)
+    with pytest.raises(ConfigError) as info:
+        SchemaStore(tmp_path).validator("deep.json")
+    assert info.value.message == "deep.json: cannot read JSON schema: it nests deeper than 100 levels"

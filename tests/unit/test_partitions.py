@@ -531,3 +531,107 @@ def test_dangling_symlink_on_the_output_path_is_a_config_error(tmp_path):
     (tmp_path / "p" / "data").mkdir()
     os.symlink("nowhere", tmp_path / "p" / "data" / "j")
     stage_error(index, "j")
+
+
+# -- confinement to data/ (issue 10, item 5) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "output", "message"),
+    [
+        (
+            "- {ID: a, SUB: '..'}\n",
+            "data/j/<SUB>/<ID>",
+            "references/r.yaml:1: field SUB = '..' cannot be part of the output path (stages.j.output "
+            "in orch.yaml): it starts with '.' ('.', '..' and hidden names are not allowed)",
+        ),
+        (
+            "- {ID: a, SUB: 'x/../../..'}\n",
+            "data/j/<SUB>/<ID>",
+            "references/r.yaml:1: field SUB = 'x/../../..' cannot be part of the output path "
+            "(stages.j.output in orch.yaml): it contains a path separator",
+        ),
+        (
+            "- {ID: a, SUB: ''}\n",
+            "data/<SUB>/<ID>",
+            "references/r.yaml:1: field SUB = '' cannot be part of the output path "
+            "(stages.j.output in orch.yaml): it is empty",
+        ),
+        (
+            '- {ID: a, SUB: "x\\0y"}\n',
+            "data/<SUB>/<ID>",
+            "references/r.yaml:1: field SUB = 'x\\x00y' cannot be part of the output path "
+            "(stages.j.output in orch.yaml): it contains a NUL byte",
+        ),
+    ],
+)
+def test_row_fields_in_an_output_path_are_single_safe_segments(tmp_path, rows, output, message):
+    index = make_index(
+        tmp_path, one_stage("{from: references/r.yaml, id: ID}", output), {"references/r.yaml": rows}
+    )
+    error = stage_error(index, "j")
+    assert isinstance(error, PartitionError)
+    assert error.message == message
+
+
+@pytest.mark.parametrize(
+    ("output", "rows"),
+    [
+        ("<ID>", "- {ID: references}\n"),
+        ("<ID>", "- {ID: agents}\n"),
+        ("<ID>", "- {ID: data}\n"),
+        ("data", "- {ID: a}\n"),
+        ("data/.", "- {ID: a}\n"),
+        ("agents/<ID>", "- {ID: a}\n"),
+        ("references/<ID>", "- {ID: a}\n"),
+        ("data/../agents/<ID>", "- {ID: a}\n"),
+    ],
+)
+def test_output_directory_must_be_strictly_inside_data(tmp_path, output, rows):
+    index = make_index(
+        tmp_path, one_stage("{from: references/r.yaml, id: ID}", output), {"references/r.yaml": rows}
+    )
+    error = stage_error(index, "j")
+    assert error.message.endswith("(references/r.yaml:1) is not inside the project's data area")
+    assert error.message.startswith("orch.yaml:5: stages.j.output: output directory '")
+
+
+@pytest.mark.parametrize("target", ["agents", "references", "wip", "", "data"])
+def test_output_through_a_symlink_into_a_project_directory_is_refused(tmp_path, target):
+    index = make_index(
+        tmp_path / "p",
+        one_stage("{from: references/r.yaml, id: ID}", "data/link"),
+        {"references/r.yaml": "- {ID: a}\n"},
+    )
+    for name in ("agents", "wip", "data"):
+        (tmp_path / "p" / name).mkdir(exist_ok=True)
+    os.symlink(tmp_path / "p" / target, tmp_path / "p" / "data" / "link")
+    error = stage_error(index, "j")
+    assert "which is the project root, data/ itself, or in or around agents/" in error.message
+
+
+def test_blueprint_outside_the_project_is_refused(tmp_path):
+    from orch.blueprints import load_blueprint
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "secret.md").write_text("x\n")
+    (tmp_path / "p" / "agents").mkdir()
+    os.symlink(tmp_path / "secret.md", tmp_path / "p" / "agents" / "link.md")
+    for rel in ("../secret.md", "agents/link.md", str(tmp_path / "secret.md")):
+        with pytest.raises(ConfigError) as info:
+            load_blueprint(tmp_path / "p", rel)
+        assert info.value.message == f"{rel}: blueprint file must be inside the project"
+
+
+def test_nesting_check_stays_fast_at_many_partitions(tmp_path):
+    import time
+
+    rows = "".join(f"- {{ID: i{n:05d}, G: g{n % 100:02d}}}\n" for n in range(20_000))
+    config = one_stage("{from: references/r.yaml, id: ID}", "data/j/<G>/<ID>") + (
+        "  k:\n    blueprint: a.md\n    partitions: {from: references/r.yaml, id: ID}\n"
+        "    output: data/k/<G>/<ID>\n"
+    )
+    index = make_index(tmp_path, config, {"references/r.yaml": rows})
+    started = time.monotonic()
+    assert len(index.for_stage("j")) + len(index.for_stage("k")) == 40_000
+    assert time.monotonic() - started < 10  # ~1 s here; quadratic would take minutes

@@ -8,7 +8,7 @@ from types import MappingProxyType
 import pytest
 
 from orch.partitions import Partition
-from orch.plan import stale_reason
+from orch.plan import prompt_change, stale_reason
 from orch.project import Stage
 from orch.state import Manifest
 from orch.workspace import Fingerprint, digest
@@ -35,7 +35,8 @@ def fingerprint(
     **explain: str,
 ) -> Fingerprint:
     """A fingerprint from named parts; `explain` overrides row/vars/blueprint hashes."""
-    parts = {**EXPLAIN, **explain}
+    parts = {**EXPLAIN, **{k: v for k, v in explain.items() if not k.endswith("_keys")}}
+    keys = {k: v for k, v in explain.items() if k.endswith("_keys")}
     return Fingerprint(
         value=digest([prompt, agent, expect, inputs, parts]),
         prompt=digest(prompt),
@@ -43,6 +44,7 @@ def fingerprint(
         expect=digest(expect),
         inputs=MappingProxyType(dict(INPUTS if inputs is None else inputs)),
         explain=lambda: dict(parts),
+        keys=lambda: dict(keys),
     )
 
 
@@ -132,6 +134,58 @@ def test_prompt_changed_for_another_reason():
 def test_agent_settings_changed():
     fp = replace(fingerprint(agent="agent v2"), explain=not_called)
     assert reason(fp) == "stale: agent settings changed"
+
+
+def test_agent_settings_change_names_the_key():
+    before = {"backend": digest("command"), "model": digest("a"), "effort": digest("low")}
+    old = manifest_of(fingerprint(agent_keys=before))  # type: ignore[arg-type]
+    now = {"backend": digest("command"), "model": digest("b"), "env": digest({"X": "1"})}
+    fp = fingerprint(agent="agent v2", agent_keys=now)  # type: ignore[arg-type]
+    assert reason(fp, old) == "stale: agent settings changed (effort, env, model)"
+
+
+def test_vars_change_names_the_key():
+    old = manifest_of(fingerprint(vars_keys={"PERIOD": digest("2025-09"), "X": digest(1)}))  # type: ignore[arg-type]
+    fp = fingerprint(
+        prompt="prompt v2",
+        vars=digest({"PERIOD": "2025-10"}),
+        vars_keys={"PERIOD": digest("2025-10"), "X": digest(1)},  # type: ignore[arg-type]
+    )
+    assert reason(fp, old) == "stale: vars changed (orch.yaml: PERIOD)"
+
+
+def test_row_change_names_the_fields():
+    old = manifest_of(fingerprint(row_keys={"ID": digest("f1"), "NOTE": digest("a")}))  # type: ignore[arg-type]
+    fp = fingerprint(
+        prompt="prompt v2",
+        row=digest({"ID": "f1", "NOTE": "b"}),
+        row_keys={"ID": digest("f1"), "NOTE": digest("b")},  # type: ignore[arg-type]
+    )
+    assert reason(fp, old) == "stale: references/framework.yaml row changed (field NOTE)"
+
+
+def test_blueprint_change_names_the_prompt_lines():
+    fp = fingerprint(prompt="prompt v2", blueprint=digest("bp v2"))
+    got = stale_reason(OLD, fp, PARTITION, STAGE, "# T\nkeep\nold line\nend\n", "# T\nkeep\nnew line\nend\n")
+    assert got == "stale: prompt changed at line 3 (blueprint agents/x.md)"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ("a\nb\n", "a\nb", " at line 2, whitespace only"),
+        ("a\nb\n", "a \nb\n", " at line 1, whitespace only"),
+        ("a\nb\nc\nd\ne\n", "A\nb\nC\nd\nE\nF\n", " at lines 1-6"),
+        ("a\nb\nc\nd\n", "a\nB\nC\nd\n", " at lines 2-3"),
+        ("a\nb\nc\n", "a\nc\n", " at line 2"),
+        ("a\nc\n", "a\nb\nc\n", " at line 2"),
+        ("a\n", "a\n\n", " at line 2, whitespace only"),
+        ("a\n", "a\n", ""),
+        (None, "a\n", ""),
+    ],
+)
+def test_prompt_change_locates_lines(old, new, where):
+    assert prompt_change(old, new) == where
 
 
 def test_expect_rules_changed():

@@ -365,3 +365,143 @@ def test_promote_many_commits_a_batch_and_isolates_a_failing_item(tmp_path: Path
         assert read_manifest(tmp_path / "data" / pid).partition == pid
         assert (tmp_path / "data" / pid / "out.md").read_text() == f"## Result {pid}\n"
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["p1", "p2"]
+
+
+# hostile staging directories: findings, not crashes; nothing written through a link
+
+
+def test_scan_outputs_refuses_names_that_are_not_utf8_fifos_sockets_and_deep_trees(tmp_path: Path):
+    import socket
+
+    from orch.expect import Finding
+    from orch.state import scan_outputs
+
+    part = tmp_path / "p1"
+    (part / ".orch").mkdir(parents=True)
+    (part / "ok.md").write_text("fine")
+    with open(os.path.join(os.fsencode(part), b"bad-\xff.txt"), "w") as handle:
+        handle.write("x")
+    os.mkfifo(part / "pipe")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(part / "sock"))
+    deep = part / "/".join(["d"] * 70)
+    deep.mkdir(parents=True)
+    try:
+        findings, outputs = scan_outputs(part)
+    finally:
+        server.close()
+    assert outputs == []
+    assert findings == [
+        Finding("bad-\\xff.txt", "name", "file name is not valid UTF-8; rename it"),
+        Finding("/".join(["d"] * 64), "depth", "directories nested deeper than 64 levels"),
+        Finding("pipe", "special", "not a regular file (FIFO, socket or device); remove it"),
+        Finding("sock", "special", "not a regular file (FIFO, socket or device); remove it"),
+    ]
+
+
+def test_scan_outputs_of_a_removed_directory_is_a_finding(tmp_path: Path):
+    from orch.state import scan_outputs
+
+    [finding], outputs = scan_outputs(tmp_path / "gone")
+    assert (finding.file, finding.rule, outputs) == (".", "exists", [])
+
+
+def test_hash_file_never_follows_a_symlink_nor_opens_a_fifo(tmp_path: Path):
+    from orch.state import hash_file
+
+    (tmp_path / "real").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OSError):
+        hash_file(tmp_path / "link")
+    with pytest.raises(OSError, match="not a regular file"):
+        hash_file(tmp_path / "pipe")
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "agent.log", "prompt.md", "error.json"])
+def test_check_staging_finds_orch_files_replaced_by_links(tmp_path: Path, name: str):
+    from orch.state import check_staging
+
+    staging = tmp_path / ".p1.attempt-1"
+    (staging / ".orch").mkdir(parents=True)
+    (staging / ".orch" / name).symlink_to(tmp_path / "outside")
+    [finding] = check_staging(staging)
+    assert (finding.file, finding.rule) == (f".orch/{name}", "meta")
+
+
+def test_write_meta_refuses_an_orch_dir_replaced_by_a_link(tmp_path: Path):
+    from orch.state import UnsafeMetadata, write_meta
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    staging = tmp_path / ".p1.attempt-1"
+    staging.mkdir()
+    (staging / ".orch").symlink_to(outside)
+    with pytest.raises(UnsafeMetadata):
+        write_meta(staging, "manifest.json", b"{}")
+    assert os.listdir(outside) == []
+
+
+def test_write_meta_replaces_a_planted_symlink_or_hard_link_never_writing_through_it(tmp_path: Path):
+    from orch.state import write_meta
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep")
+    staging = tmp_path / ".p1.attempt-1"
+    (staging / ".orch").mkdir(parents=True)
+    (staging / ".orch" / "manifest.json").symlink_to(secret)
+    os.link(secret, staging / ".orch" / "error.json")
+    write_meta(staging, "manifest.json", b"{}")
+    write_meta(staging, "error.json", b"[]")
+    assert secret.read_text() == "keep"
+    assert (staging / ".orch" / "manifest.json").read_bytes() == b"{}"
+    assert not (staging / ".orch" / "manifest.json").is_symlink()
+    assert (staging / ".orch" / "error.json").read_bytes() == b"[]"
+
+
+def test_archive_attempt_moves_a_linked_orch_aside_and_writes_nothing_through_it(tmp_path: Path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    staging = tmp_path / "data" / ".p1.attempt-2"
+    staging.mkdir(parents=True)
+    (staging / ".orch").symlink_to(outside)
+    dest = archive_attempt(tmp_path, "research", "p1", staging, {"n": 2, "error": "meta"})
+    assert os.listdir(outside) == []
+    assert json.loads((dest / ".orch" / "error.json").read_text()) == {"n": 2, "error": "meta"}
+    [aside] = [n for n in os.listdir(dest) if n.startswith(".orch.agent-")]
+    assert (dest / aside).is_symlink()
+
+
+def test_archive_attempt_of_a_staging_dir_the_agent_removed(tmp_path: Path):
+    staging = tmp_path / "data" / ".p1.attempt-3"
+    dest = archive_attempt(tmp_path, "research", "p1", staging, {"n": 3, "error": "gone"})
+    assert dest == tmp_path / "wip" / "attempts" / "research" / "p1" / "3"
+    assert json.loads((dest / ".orch" / "error.json").read_text())["error"] == "gone"
+
+
+def test_archive_attempt_of_a_staging_dir_replaced_by_a_link(tmp_path: Path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    staging = tmp_path / "data" / ".p1.attempt-4"
+    staging.parent.mkdir(parents=True)
+    staging.symlink_to(outside)
+    dest = archive_attempt(tmp_path, "research", "p1", staging, {"n": 4})
+    assert os.listdir(outside) == []
+    assert not os.path.lexists(staging)
+    assert (dest / "staging-not-a-directory").is_symlink()
+    assert (dest / ".orch" / "error.json").exists()
+
+
+def test_promote_many_fails_only_the_item_whose_manifest_cannot_be_written(tmp_path: Path):
+    from orch.state import promote_many
+
+    data = tmp_path / "data" / "research"
+    good = make_staging(data / "p1", 1, {"a.md": "a"})
+    bad = make_staging(data / "p2", 1, {"b.md": "b"})
+    (bad / ".orch").rename(bad / "meta-gone")  # the manifest's directory is gone; a file blocks it
+    (bad / ".orch").write_text("not a directory")
+    manifest = make_manifest(partition="p2")
+    errors = promote_many(tmp_path, [(bad, data / "p2", manifest), (good, data / "p1", make_manifest())])
+    assert isinstance(errors[0], OSError) and errors[1] is None
+    assert read_manifest(data / "p1") is not None
+    assert not (data / "p2").exists() and bad.exists()

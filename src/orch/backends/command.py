@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -188,10 +189,11 @@ def create(agent: AgentConfig) -> CommandBackend:
     return CommandBackend(agent)
 
 
-def _executable(name: str, cwd: Path, path_env: str | None) -> str | None:
-    """Resolve argv[0] as execvp would (relative paths against the agent's cwd)."""
+def _executable(name: str, root: Path, path_env: str | None) -> str | None:
+    """Resolve argv[0]: a bare name on PATH; a relative path against the project
+    root `root` (not the staging directory the agent runs in; orch.preflight)."""
     if os.sep in name:
-        candidate = name if os.path.isabs(name) else os.path.join(cwd, name)
+        candidate = name if os.path.isabs(name) else os.path.join(root, name)
         return candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
     return shutil.which(name, path=path_env)
 
@@ -254,10 +256,10 @@ class CommandBackend:
         env = self.env_for(spec)
         argv = self.argv_for(spec)
         if os.sep in argv[0]:
-            executable = _executable(argv[0], spec.work_dir, None)
+            executable = _executable(argv[0], spec.project_root, None)
         else:  # PATH does not change during a run: look each name up once
             if argv[0] not in self._which:
-                self._which[argv[0]] = _executable(argv[0], spec.work_dir, env.get("PATH"))
+                self._which[argv[0]] = _executable(argv[0], spec.project_root, env.get("PATH"))
             executable = self._which[argv[0]]
         if executable is None:
             return AttemptResult(
@@ -316,7 +318,7 @@ class CommandBackend:
         if self.usage == "none":
             return AgentReport()
         try:
-            with open(spec.log_path, "rb") as handle:
+            with os.fdopen(_open_log(spec.log_path, os.O_RDONLY), "rb") as handle:
                 handle.seek(log_start)
                 text = handle.read().decode("utf-8", "replace")
         except OSError:
@@ -396,8 +398,26 @@ def _size(path: Any) -> int:
         return 0
 
 
+def _open_log(path: Any, flags: int) -> int:
+    """Open the attempt's log; never through a link the agent made, never blocking on a FIFO.
+
+    Raises:
+        OSError: `.orch` or the log is a symlink, or the log is not a regular file.
+    """
+    if os.path.islink(os.path.dirname(path)):
+        raise OSError(40, "a symlink", os.path.dirname(path))
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(22, "not a regular file", str(path))
+    return fd
+
+
 def _append(path: Any, text: str) -> None:
-    with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as handle:
+    with (
+        contextlib.suppress(OSError),
+        os.fdopen(_open_log(path, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8") as handle,
+    ):
         handle.write(text)
 
 
@@ -408,7 +428,7 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
 
 def _last_line(path: Any) -> str:
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as handle:
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             handle.seek(max(0, size - _LOG_TAIL_BYTES))
