@@ -143,3 +143,15 @@ def test_sweep_kills_only_orphans_of_dask_workers(tmp_path: Path) -> None:
         for proc in procs.values():
             proc.kill()
             proc.wait()
+
+
+def test_check_worker_refuses_another_version_or_an_invisible_project(tmp_path: Path) -> None:
+    from orch import __version__
+    from orch.dask_worker import check_worker
+
+    assert check_worker(str(tmp_path), __version__) == (
+        f"cannot see the project at {tmp_path} (no orch.yaml there); is the shared FS mounted?"
+    )
+    (tmp_path / "orch.yaml").write_text("{}")
+    assert check_worker(str(tmp_path), __version__) is None
+    assert check_worker(str(tmp_path), "9.9") == f"runs orch {__version__}, the orchestrator runs orch 9.9"
