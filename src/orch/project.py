@@ -23,7 +23,10 @@ CONFIG_NAME = "orch.yaml"
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _PARAM = re.compile(r"^[A-Z][A-Z0-9_]*$")
-RETRY_CLASSES = ("timeout", "checks", "agent_error", "http_429", "http_5xx", "worker_lost")
+RETRY_CLASSES = ("timeout", "checks", "agent_error", "http_429", "http_5xx", "request_error", "worker_lost")
+#: Retried only when `retry_on` names them: a request the endpoint refused as
+#: malformed or too long (a 4xx, a context-length error) fails the same way again.
+NOT_RETRIED_BY_DEFAULT = frozenset({"request_error"})
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class Stage:
         max_parallel: Concurrency cap for this stage, or None for no own cap.
         retries: Extra attempts after the first failed one, per run.
         retry_on: Failure classes worth retrying (RETRY_CLASSES or exit codes);
-            None retries every failure.
+            None retries every failure except NOT_RETRIED_BY_DEFAULT.
         backoff_base_s: First backoff ceiling; doubles per retry (full jitter).
         backoff_cap_s: Upper bound of a backoff ceiling.
         timeout_s: Per-attempt timeout in seconds, or None.

@@ -34,7 +34,7 @@ from orch.faults import describe, error_class_of, is_disk_fault, traceback_of
 from orch.partitions import Partition
 from orch.plan import PartitionState, Planner, Status
 from orch.processes import kill_orphans
-from orch.project import AgentConfig, ExpectRule, Stage
+from orch.project import NOT_RETRIED_BY_DEFAULT, AgentConfig, ExpectRule, Stage
 from orch.redact import Redactor
 from orch.runlog import EventSink, RunLog, new_run_id
 from orch.state import (
@@ -920,8 +920,10 @@ class Scheduler:
     def _is_retryable(self, stage: Stage, result: AttemptResult) -> bool:
         if self._stopping or result.error_class in ("internal", "disk", "promote"):
             return False
-        if stage.retry_on is None or result.error_class == "worker_lost":
+        if result.error_class == "worker_lost":  # the worker died, not the attempt
             return True
+        if stage.retry_on is None:
+            return result.error_class not in NOT_RETRIED_BY_DEFAULT
         if result.error_class == "exit":
             return result.exit_code in stage.retry_on
         return result.error_class in stage.retry_on

@@ -152,4 +152,4 @@ def test_plan_diff_names_an_unknown_partition(make_project):
     assert result.stderr.startswith("error: --only: no partition 'item9' in stage(s) work; did you mean")
     refused = project.orch("accept", "work", "--only", "item01,item9")
     assert refused.returncode == 2
-    assert refused.stderr.startswith("error: --only: no partition 'item9' in stage work")
+    assert refused.stderr.startswith("error: --only: no partition 'item9' in stage(s) work")

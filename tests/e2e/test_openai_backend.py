@@ -336,3 +336,99 @@ def test_an_unreachable_endpoint_is_an_http_5xx_failure_naming_the_cause(make_pr
     error = json.loads(path.read_text())
     assert error["error_class"] == "http_5xx"
     assert error["error"].startswith(f"cannot reach {closed_url}: ConnectionRefusedError: ")
+
+
+def test_tools_requests_send_tool_choice_auto_and_never_a_null_content(make_project, monkeypatch, server):
+    server.script = {"default": {"action": "tools", "files": THREE_FILES}}
+    project = openai_project(make_project, monkeypatch, server)
+
+    result = project.orch("stage", "run", "work")
+
+    assert result.returncode == 0, result.stderr
+    bodies = [r["body"] for r in server.requests]
+    assert len(bodies) == 4
+    assert [(b["tool_choice"], [t["function"]["name"] for t in b["tools"]]) for b in bodies] == [
+        ("auto", ["write_file"])
+    ] * 4
+    echoed = [m for m in bodies[-1]["messages"] if m["role"] == "assistant"]
+    assert [m["content"] for m in echoed] == ["", "", ""]
+    assert all(m["tool_calls"] for m in echoed)
+    first = transcript(project.root / "data/work/item01/.orch/agent.log")[0]
+    assert first["tool_choice"] == "auto"
+
+
+def test_a_tool_choice_in_options_is_sent_as_given(make_project, monkeypatch, server):
+    server.script = {"default": {"action": "tools", "files": {"out.md": "## Result\n\nFine.\n"}}}
+    agent = {"options": {"tool_choice": "required"}, "max_turns": 2}
+    project = openai_project(make_project, monkeypatch, server, agent=agent)
+
+    assert project.orch("stage", "run", "work").returncode == 0
+    assert {r["body"]["tool_choice"] for r in server.requests} == {"required"}
+
+
+def test_reply_mode_sends_no_tools_and_no_tool_choice(make_project, monkeypatch, server):
+    project = openai_project(make_project, monkeypatch, server, agent={"reply_file": "out.md"})
+
+    assert project.orch("stage", "run", "work").returncode == 0
+    (request,) = server.requests
+    assert "tools" not in request["body"] and "tool_choice" not in request["body"]
+
+
+LLAMA_CPP_CONTEXT = {
+    "action": "status",
+    "status": 400,
+    "type": "exceed_context_size_error",
+    "message": "request (9031 tokens) exceeds the available context size (2048 tokens), try increasing it",
+}
+OPENAI_CONTEXT_IN_A_500 = {
+    "action": "status",
+    "status": 500,
+    "code": "context_length_exceeded",
+    "message": "This model's maximum context length is 8192 tokens.",
+}
+CONTEXT_HINT = (
+    " (the request is longer than the model's context window: shorten the prompt, "
+    "lower max_tokens, or serve the model with a larger context)"
+)
+
+
+@pytest.mark.parametrize("step", [LLAMA_CPP_CONTEXT, OPENAI_CONTEXT_IN_A_500], ids=["llama.cpp-400", "500"])
+def test_a_context_length_error_is_a_request_error_tried_once(make_project, monkeypatch, server, step):
+    server.script = {"default": step}
+    project = openai_project(make_project, monkeypatch, server, agent={"reply_file": "out.md"}, retries=2)
+
+    result = project.orch("stage", "run", "work")
+
+    assert result.returncode == 3, result.stderr
+    assert len(server.requests) == 1
+    (archived,) = project.root.glob("wip/attempts/work/item01/*/.orch/error.json")
+    record = json.loads(archived.read_text())
+    assert record["error_class"] == "request_error"
+    assert record["error"] == f"HTTP {step['status']} from {server.url}: {step['message']}{CONTEXT_HINT}"
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_on", "error_class", "n_requests"),
+    [
+        (422, None, "request_error", 1),
+        (401, None, "request_error", 1),
+        (409, None, "http_5xx", 2),
+        (400, ["request_error"], "request_error", 2),
+    ],
+    ids=["422", "401", "409-retried", "400-opted-in"],
+)
+def test_4xx_other_than_408_409_429_is_not_retried_unless_retry_on_names_request_error(
+    make_project, monkeypatch, server, status, retry_on, error_class, n_requests
+):
+    server.script = {"default": {"action": "status", "status": status, "message": "no"}}
+    stage = {"retries": 1, **({"retry_on": retry_on} if retry_on else {})}
+    project = openai_project(make_project, monkeypatch, server, agent={"reply_file": "out.md"}, **stage)
+
+    result = project.orch("stage", "run", "work")
+
+    assert result.returncode == 3, result.stderr
+    assert len(server.requests) == n_requests
+    records = [
+        json.loads(p.read_text()) for p in project.root.glob("wip/attempts/work/item01/*/.orch/error.json")
+    ]
+    assert [r["error_class"] for r in records] == [error_class] * n_requests

@@ -15,7 +15,8 @@ Steps (`action`):
     reply       answer with `text` (default: a '## Result' document naming the key)
     tools       write `files` ({path: content}) through write_file tool calls,
                 `per_turn` files per response (default 1), then answer "done"
-    status      answer HTTP `status` with an OpenAI error body; optional
+    status      answer HTTP `status` with an OpenAI error body (`message`, and
+                `type`/`code` to override the defaults); optional
                 `retry_after` (seconds, Retry-After) and `retry_after_ms`, sent
                 as given (so "inf", "nan" or "100000" too); `echo_auth: true`
                 puts the request's Authorization header in the error message
@@ -26,6 +27,11 @@ Steps (`action`):
 
 Any step may add `delay` (seconds) on top of the server's `--latency`, and
 `usage` (a mapping) to replace the usage reported, e.g. NaN or 2**70 tokens.
+
+Like the strictest real servers, it answers HTTP 500 to an assistant message
+with `"content": null` (llama-cpp-python's server does), and it never calls a
+tool unless the request says `tool_choice` "auto" or "required" (some servers
+read a missing tool_choice as "none").
 
 In tests: `with FakeOpenAI(script={...}) as server: server.url ...`.
 As a process: `python tests/fakes/openai_server.py --port 0 --latency 0.5`
@@ -187,6 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
         key, step = fake.step_for(body, headers)
+        if any(
+            m.get("role") == "assistant" and m.get("content", "") is None for m in body.get("messages", [])
+        ):
+            error = {"message": "assistant content must be a string, got null", "type": "server_error"}
+            self._json(500, {"error": error})
+            return
         if fake.stopped.wait(fake.latency_s + float(step.get("delay", 0))):
             self.close_connection = True  # the server is stopping: no answer
             return
@@ -216,7 +228,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, _completion(body, message, step.get("usage")))
 
     def _message(self, key: str, step: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        if step.get("action") == "tools":
+        if step.get("action") == "tools" and body.get("tool_choice") in ("auto", "required"):
             files = list((step.get("files") or {"out.md": DEFAULT_TEXT}).items())
             done = sum(1 for m in body.get("messages", []) if m.get("role") == "tool")
             batch = files[done : done + int(step.get("per_turn", 1))]
@@ -238,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _status(self, step: dict[str, Any], request_headers: dict[str, str]) -> None:
         status = int(step.get("status", 500))
-        kind = "rate_limit_exceeded" if status == 429 else "server_error"
+        kind = step.get("type", "rate_limit_exceeded" if status == 429 else "server_error")
         message = step.get("message", f"fake {status}")
         if step.get("echo_auth"):
             message += f" (you sent Authorization: {request_headers.get('authorization')})"
@@ -247,7 +259,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers["retry-after"] = str(step["retry_after"])
         if "retry_after_ms" in step:
             headers["retry-after-ms"] = str(step["retry_after_ms"])
-        self._json(status, {"error": {"message": message, "type": kind, "code": kind}}, headers)
+        error = {"message": message, "type": kind, "code": step.get("code", kind)}
+        self._json(status, {"error": error}, headers)
 
     def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()

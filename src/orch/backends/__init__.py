@@ -124,7 +124,8 @@ class AttemptResult:
             Not proof of completeness: the expect rules decide that.
         error: One line saying what went wrong, for notes and manifests.
         error_class: `timeout`, `exit`, `agent_error`, `http_429`, `http_5xx`,
-            `interrupted`, `checks` or `worker_lost` (see `orch.project.RETRY_CLASSES`).
+            `request_error`, `interrupted`, `checks` or `worker_lost` (see
+            `orch.project.RETRY_CLASSES`).
         exit_code: The process exit code, for the command backend.
         usage: Tokens and cost, when known.
         retry_after_s: A server's Retry-After, honoured by the backoff.

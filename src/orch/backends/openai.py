@@ -3,7 +3,8 @@
 Two modes. `reply`: one request, the reply text goes to `reply_file`.
 `tools`: the model writes files through a `write_file(path, content)` tool
 confined to the staging directory, turn after turn until it stops calling
-tools or `max_turns` is reached. One SDK client per agent (never per
+tools or `max_turns` is reached; every request offering the tool says
+`tool_choice: "auto"` (see `TOOL_CHOICE`). One SDK client per agent (never per
 request), its connection pool at least the agent's concurrency, the SDK's own
 retries off (orch retries). The transcript — requests without secrets, and
 responses — goes to `.orch/agent.log` as JSON lines.
@@ -22,6 +23,7 @@ import errno
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -42,7 +44,7 @@ SETTINGS = {
     "api_key_env": "environment variable holding the API key (default OPENAI_API_KEY; "
     "null for an endpoint without keys)",
     "options": "request body fields sent as given: temperature, max_tokens, ... "
-    "(extra_headers: HTTP headers, kept out of the log)",
+    "(extra_headers: HTTP headers, kept out of the log; tools mode sends tool_choice: auto unless set)",
     "mode": "reply (the reply goes to reply_file) or tools (the model calls write_file); "
     "default: reply when reply_file is set, else tools",
     "reply_file": "reply mode: the output file that receives the reply text",
@@ -85,6 +87,19 @@ WRITE_FILE_TOOL = {
         },
     },
 }
+#: Sent with the tools unless `options` sets it: some servers read a missing
+#: tool_choice as "none" and never call the tool. Not "required": the model
+#: ends the conversation by answering without a tool call, which "required"
+#: forbids, so every attempt would run to max_turns.
+TOOL_CHOICE = "auto"
+#: Context-length errors, whatever the status: OpenAI and Azure
+#: (`context_length_exceeded`, "maximum context length"), llama.cpp
+#: (`exceed_context_size_error`, "exceeds the available context size"),
+#: llama-cpp-python ("exceed context window"), vLLM ("model's context
+#: length"), Anthropic-style gateways ("prompt is too long").
+_CONTEXT_LENGTH = re.compile(
+    r"context[ _-]?(length|size|window)|maximum context|exceed_context|prompt is too long", re.IGNORECASE
+)
 _ERROR_CHARS = 300
 
 
@@ -522,6 +537,7 @@ class OpenAIBackend:
         body: dict[str, Any] = {**self.options, "model": self.model, "messages": messages}
         if self.mode == "tools":
             body["tools"] = [WRITE_FILE_TOOL]
+            body.setdefault("tool_choice", TOOL_CHOICE)
         if self.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -612,11 +628,14 @@ class OpenAIBackend:
     def _classify(self, err: Exception, usage: Usage) -> AttemptResult | None:
         """Map an SDK or transport error to a failed AttemptResult; None if it is not one.
 
-        429 → `http_429` (with Retry-After); 5xx and 408 → `http_5xx` (with
-        Retry-After if sent). Timeouts and connection failures are `http_5xx`
-        too: like a 5xx they say the endpoint could not answer now, and the
-        remedy is the same — back off and retry. Other statuses (400, 401, 404,
-        ...) are `agent_error`: the request itself is wrong.
+        429 → `http_429` (with Retry-After); 5xx, 408 and 409 → `http_5xx`
+        (with Retry-After if sent). Timeouts and connection failures are
+        `http_5xx` too: like a 5xx they say the endpoint could not answer now,
+        and the remedy is the same — back off and retry. Other 4xx (400, 401,
+        404, 422, ...) and context-length errors whatever their status are
+        `request_error`: the request itself is wrong and sending it again fails
+        the same way, so the default `retry_on` skips them. The retryable
+        statuses are the SDK's own (openai `_should_retry`).
         """
         import httpx2
 
@@ -628,15 +647,19 @@ class OpenAIBackend:
             wait_s = parse_retry_after(err.response.headers)
             detail = _short(_error_message(err))
             message = f"HTTP {status} from {where}: {detail}"
+            if _is_context_length(err):
+                return AttemptResult(False, message + _CONTEXT_HINT, "request_error", usage=spent)
             if status == 429:
                 return AttemptResult(False, message, "http_429", usage=spent, retry_after_s=wait_s)
-            if status >= 500 or status == 408:
+            if status >= 500 or status in (408, 409):
                 return AttemptResult(False, message, "http_5xx", usage=spent, retry_after_s=wait_s)
             if status in (401, 403):
                 message += f" (check the key in ${self.key_env})"
             elif status == 404:
                 message += f" (check model {self.model!r} and base_url)"
-            return AttemptResult(False, message, "agent_error", usage=spent)
+            return AttemptResult(
+                False, message, "request_error" if status >= 400 else "agent_error", usage=spent
+            )
         if isinstance(err, sdk.APIConnectionError):
             # The aiohttp transport reports a refused connection as a connect timeout,
             # so the message names the root cause rather than trusting the class.
@@ -660,7 +683,10 @@ class OpenAIBackend:
             message = f"{where} did not answer like a Chat Completions endpoint: {err}"
             return AttemptResult(False, message, "agent_error", usage=spent)
         if isinstance(err, sdk.APIError):
-            return AttemptResult(False, f"error from {where}: {_short(err)}", "agent_error", usage=spent)
+            message = f"error from {where}: {_short(err)}"
+            if _is_context_length(err):
+                return AttemptResult(False, message + _CONTEXT_HINT, "request_error", usage=spent)
+            return AttemptResult(False, message, "agent_error", usage=spent)
         return None
 
     async def aclose(self) -> None:
@@ -708,6 +734,18 @@ def _error_message(err: Any) -> str:
     return str(getattr(err, "message", err))
 
 
+_CONTEXT_HINT = (
+    " (the request is longer than the model's context window: shorten the prompt, "
+    "lower max_tokens, or serve the model with a larger context)"
+)
+
+
+def _is_context_length(err: Any) -> bool:
+    """True if an SDK error says the request exceeds the model's context (see `_CONTEXT_LENGTH`)."""
+    fields = [_error_message(err), getattr(err, "code", None), getattr(err, "type", None)]
+    return any(isinstance(f, str) and _CONTEXT_LENGTH.search(f) for f in fields)
+
+
 def _root_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None:
         err = err.__cause__
@@ -744,7 +782,7 @@ def _read_response(response: Any) -> _Reply:
     raw = choice.get("message")
     if not isinstance(raw, dict):
         raw = {}
-    message: dict[str, Any] = {"role": "assistant", "content": raw.get("content")}
+    message: dict[str, Any] = {"role": "assistant", "content": _echo_content(raw.get("content"))}
     calls = [
         {
             "id": call.get("id"),
@@ -795,10 +833,16 @@ async def _collect_stream(stream: Any) -> _Reply:
                 entry["function"]["arguments"] += function.get("arguments") or ""
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(parts) if parts else None}
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(parts)}
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
     return message, finish, usage, response_id
+
+
+def _echo_content(content: Any) -> str:
+    """The assistant text as orch sends it back: never null (llama-cpp-python's
+    server answers HTTP 500 to `"content": null` beside tool calls; "" suits every server)."""
+    return content if isinstance(content, str) else ""
 
 
 def _object(value: Any) -> dict[str, Any] | None:
