@@ -201,23 +201,22 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @pass_ctx
 def stage_run(ctx: Context, stage_name: str, **options: Any) -> None:
     """Run one stage: every partition that is not complete."""
-    from orch.commands import run_stages
+    from orch.api import Project
 
     kwargs = _run_kwargs(ctx, options)
     invocation = _invocation(ctx, ("stage", "run", stage_name), kwargs)
-    ws = ctx.workspace()
+    project = Project(ctx.workspace())
     try:
-        result = run_stages(ws, [stage_name], **kwargs)
+        prepared = project.prepare_run([stage_name], **kwargs)
     except StageBlocked as err:
-        first = ws.project.stage(stage_name).upstream[0]
+        first = project.workspace.project.stage(stage_name).upstream[0]
         upstream = replace(invocation, command=("stage", "run", first), only=(), force=False)
         err.hint = (
             f"run the upstream stage first ({upstream.line()}), or run the pipeline "
             f"up to {stage_name} with: {replace(invocation.pipeline(), until=stage_name).line()}"
         )
         raise
-    result.invocation = invocation
-    _finish_run(ctx, result)
+    _finish_run(ctx, _drive(prepared), invocation)
 
 
 @cli.command("run")
@@ -227,12 +226,45 @@ def stage_run(ctx: Context, stage_name: str, **options: Any) -> None:
 @pass_ctx
 def run_all(ctx: Context, until: str | None, from_: str | None, **options: Any) -> None:
     """Run the whole pipeline; a fan-in partition starts when its inputs pass."""
-    from orch.commands import run_pipeline
+    from orch.api import Project
 
     kwargs = _run_kwargs(ctx, options)
-    result = run_pipeline(ctx.workspace(), until, from_, **kwargs)
-    result.invocation = _invocation(ctx, ("run",), kwargs, until, from_)
-    _finish_run(ctx, result)
+    prepared = Project(ctx.workspace()).prepare_run(None, until=until, from_=from_, **kwargs)
+    _finish_run(ctx, _drive(prepared), _invocation(ctx, ("run",), kwargs, until, from_))
+
+
+def _drive(prepared: Any) -> Any:
+    """Run a prepared run on this process's event loop; return its `orch.records.RunReport`.
+
+    The CLI owns the process, so it alone installs the SIGINT/SIGTERM handlers
+    (they stop the run: agents are ended and recorded, exit 130) and the pidfd
+    child watcher. A dry run's report passes through.
+    """
+    import asyncio
+    import contextlib
+    import signal
+
+    from orch.api import drive
+    from orch.processes import use_pidfd_watcher
+    from orch.records import RunReport
+
+    if isinstance(prepared, RunReport):
+        return prepared
+
+    async def with_signals() -> RunReport:
+        loop = asyncio.get_running_loop()
+        use_pidfd_watcher(loop)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, prepared.stop)
+        try:
+            return await drive(prepared)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+
+    return asyncio.run(with_signals())
 
 
 def _invocation(
@@ -309,7 +341,7 @@ def _reporter(ctx: Context) -> Any:
     return LiveReporter(err) if err.is_terminal and not ctx.json else PlainReporter(sys.stderr)
 
 
-def _finish_run(ctx: Context, result: Any) -> None:
+def _finish_run(ctx: Context, report: Any, invocation: Any) -> None:
     from orch.views import (
         DETAIL_COLUMNS,
         SUMMARY_COLUMNS,
@@ -322,6 +354,8 @@ def _finish_run(ctx: Context, result: Any) -> None:
         summary_rows,
     )
 
+    result = report.result
+    result.invocation = invocation
     if result.dry_run is not None:
         if ctx.json:
             print_json(ctx.out, [plan_json(s, states) for s, states in result.dry_run])
@@ -345,7 +379,7 @@ def _finish_run(ctx: Context, result: Any) -> None:
             print_table(ctx.out, None, DETAIL_COLUMNS, details)
         print_table(ctx.out, None, SUMMARY_COLUMNS, summary_rows(summary))
         ctx.out.print(result.headline, highlight=False, markup=False)
-    result.raise_for_status()
+    report.raise_for_status()
 
 
 # -- inspection ---------------------------------------------------------------------
@@ -709,6 +743,29 @@ def clean(ctx: Context, older_than: str | None, keep: int | None, dry_run: bool)
 
 
 # -- entry point --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback only by default)."
+)
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one."
+)
+@pass_ctx
+def serve(ctx: Context, host: str, port: int) -> None:
+    """Read-only web dashboard over the project's files (GET only; no writes, no locks)."""
+    from orch.web.app import serve as serve_app
+
+    def ready(url: str) -> None:
+        click.echo(f"orch serve: dashboard at {url} (Ctrl-C to stop)", err=True)
+
+    try:
+        serve_app(ctx.workspace(), host, port, on_ready=ready)
+    except OSError as err:
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {err.strerror or err}", "pick another --port"
+        ) from err
 
 
 def exit_code_for(error: BaseException) -> int:

@@ -35,7 +35,7 @@ from orch.workspace import ChildKey, Workspace
 
 if TYPE_CHECKING:
     from orch.runlog import EventSink
-    from orch.scheduler import RunSummary
+    from orch.scheduler import RunSummary, Scheduler
 
 
 def list_stages(ws: Workspace) -> list[dict[str, Any]]:
@@ -123,7 +123,12 @@ class PlanSummary:
     @property
     def line(self) -> str:
         """E.g. "2 to run · 53 up to date · est. $0.40", or "... · no cost history for agent x"."""
-        words = {"run": "to run", "wait": "waiting for inputs", "held": "held by another run"}
+        words = {
+            "run": "to run",
+            "wait": "waiting for inputs",
+            "held": "held by another run",
+            "kept": "kept (made by a real agent)",
+        }
         parts = [f"{n} {words[a]}" for a, n in self.actions.items() if a != "skip" and n]
         parts = parts or ["nothing to run"]
         parts.append(f"{self.actions.get('skip', 0)} up to date")
@@ -154,7 +159,7 @@ def plan_summary(
 
     planner = Planner(ws, agent)
     planned = plan_stages(ws, stage, agent, only, planner)
-    actions = {"run": 0, "wait": 0, "held": 0, "skip": 0}
+    actions = {"run": 0, "wait": 0, "held": 0, "kept": 0, "skip": 0}
     for _, states in planned:
         for state in states:
             actions[plan_action(state)] += 1
@@ -368,7 +373,45 @@ def _resume_hint(again: Invocation, unfinished: list[str], label: str) -> str:
     return f"{label}{again.line()}"
 
 
-def run_stages(
+def run_stages(ws: Workspace, stages: list[str], **options: Any) -> RunResult:
+    """Run `stages` (upstream first) and check their barriers; see `prepare_run`.
+
+    Drives the run with `asyncio.run` in this thread (no signal handlers of its own).
+    """
+    prepared = prepare_run(ws, stages, **options)
+    if isinstance(prepared, RunResult):
+        return prepared
+    import asyncio
+
+    return asyncio.run(prepared.run())
+
+
+@dataclass
+class PreparedRun:
+    """A run that passed every check before it writes anything: await `run()`.
+
+    `stop()` (on the loop's thread) stops starting partitions and ends the
+    running agents, as Ctrl-C does; `run()` then returns the interrupted result.
+    """
+
+    scheduler: Scheduler
+    reporter: EventSink | None = None
+
+    async def run(self) -> RunResult:
+        """Run it; return what it did (never raises for a failed partition)."""
+        try:
+            summary = await self.scheduler.run()
+        finally:
+            if self.reporter is not None and hasattr(self.reporter, "close"):
+                self.reporter.close()
+        return RunResult(summary=summary, barriers=summary.barriers)
+
+    def stop(self) -> None:
+        """Stop the run: no new partitions; running agents are terminated and recorded."""
+        self.scheduler.stop()
+
+
+def prepare_run(
     ws: Workspace,
     stages: list[str],
     *,
@@ -382,8 +425,14 @@ def run_stages(
     dry_run: bool = False,
     sinks_factory: Callable[[], EventSink] | None = None,
     executor: str | None = None,
-) -> RunResult:
-    """Run `stages` (upstream first) and check their barriers.
+) -> PreparedRun | RunResult:
+    """Check a run of `stages` (upstream first) and set it up; a dry run returns its plan.
+
+    `executor` is `--executor`'s value (`local`, `dask://host:port`); None
+    takes orch.yaml's `executor:`, else local.
+
+    Returns:
+        A `PreparedRun` to await, or for `dry_run` a `RunResult` with `dry_run` set.
 
     Raises:
         ConfigError / BlueprintError: before anything runs, if any prompt in
@@ -414,8 +463,6 @@ def run_stages(
     from orch.preflight import check_agents, raise_for_problems, run_scope
 
     raise_for_problems(check_agents(ws.project, run_scope(planner, names, only, retry_failed, force)))
-    import asyncio
-
     from orch.scheduler import RunOptions, Scheduler
 
     options = RunOptions(
@@ -430,12 +477,7 @@ def run_stages(
     )
     reporter = sinks_factory() if sinks_factory else None
     scheduler = Scheduler(ws, options, [reporter] if reporter else [], _executor(ws, executor))
-    try:
-        summary = asyncio.run(scheduler.run())
-    finally:
-        if reporter is not None and hasattr(reporter, "close"):
-            reporter.close()
-    return RunResult(summary=summary, barriers=summary.barriers)
+    return PreparedRun(scheduler, reporter)
 
 
 def _executor(ws: Workspace, url: str | None) -> Any:
@@ -453,6 +495,15 @@ def _executor(ws: Workspace, url: str | None) -> Any:
 
 def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options: Any) -> RunResult:
     """Run every stage between `from_` and `until` as one partition-level DAG."""
+    return run_stages(ws, pipeline_stages(ws, until, from_), **options)
+
+
+def pipeline_stages(ws: Workspace, until: str | None, from_: str | None) -> list[str]:
+    """Return the stages between `from_` and `until` (both optional), upstream first.
+
+    Raises:
+        UsageError: no stage lies between them.
+    """
     stages = list(ws.project.stages)
     if until:
         keep = _ancestors(ws, ws.project.stage(until).name)
@@ -462,7 +513,7 @@ def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options:
         stages = [s for s in stages if s in keep]
     if not stages:
         raise UsageError(f"no stages between --from {from_} and --until {until}")
-    return run_stages(ws, stages, **options)
+    return stages
 
 
 def _ancestors(ws: Workspace, name: str) -> set[str]:

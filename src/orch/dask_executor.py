@@ -70,12 +70,12 @@ class DaskExecutor:
 
         logging.getLogger("distributed").setLevel(logging.ERROR)
         address, timeout_s = self.config.scheduler, self.config.connect_timeout_s
+        # closed by aclose() on any failure, so no half-made client warns at exit
+        self._client = Client(address, asynchronous=True, timeout=timeout_s, set_as_default=False)
         try:
-            self._client = await asyncio.wait_for(
-                Client(address, asynchronous=True, timeout=timeout_s, set_as_default=False), timeout_s + 5
-            )
+            await asyncio.wait_for(self._client, timeout_s + 5)
             await self._client.wait_for_workers(1, timeout=timeout_s)
-        except (OSError, TimeoutError) as err:
+        except Exception as err:  # refused, timed out, or not a Dask scheduler at all (garbage replies)
             await self.aclose()
             raise ConfigError(
                 f"cannot use the Dask cluster at {address}: {_describe(err)}",
@@ -178,9 +178,12 @@ class DaskExecutor:
         except asyncio.CancelledError:
             await self._stop(future, spec)
             raise
-        except Exception as err:  # lost scheduler, unpicklable result: fail this attempt only
+        except OSError as err:  # the scheduler or a worker connection went away
             await self._stop(future, spec)
             return AttemptResult(False, f"dask: {type(err).__name__}: {err}", "worker_lost")
+        except Exception as err:  # the task itself raised (an orch bug on the worker): this attempt only
+            await self._stop(future, spec)
+            return AttemptResult(False, f"dask task failed: {type(err).__name__}: {err}", "agent_error")
         finally:
             future.release()
             never = self._waiting.pop(key, None)

@@ -50,10 +50,10 @@ class WorkerState:
         """
         with self.lock:
             if self._loop is None:
-                from orch.scheduler import _use_pidfd_watcher
+                from orch.processes import use_pidfd_watcher
 
                 loop = asyncio.new_event_loop()
-                _use_pidfd_watcher(loop)
+                use_pidfd_watcher(loop)
                 threading.Thread(target=loop.run_forever, name="orch-agents", daemon=True).start()
                 self._loop = loop
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()

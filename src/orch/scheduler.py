@@ -16,8 +16,6 @@ import math
 import os
 import random
 import shutil
-import signal
-import sys
 import time
 from concurrent.futures import Executor as Executor_
 from concurrent.futures import ThreadPoolExecutor
@@ -206,8 +204,9 @@ class Scheduler:
     async def run(self) -> RunSummary:
         """Run every partition in scope; never raises for a failed partition.
 
-        Writes `wip/runs/<run-id>/events.jsonl`; SIGINT/SIGTERM stop the run
-        (running agents are terminated and recorded as interrupted).
+        Writes `wip/runs/<run-id>/events.jsonl`. Installs no signal handler and
+        no child watcher (the CLI does); `stop()` stops the run (running agents
+        are terminated and recorded as interrupted).
         """
         started = time.monotonic()
         summary = RunSummary(self.run_id, events_path=self.log.path)
@@ -227,8 +226,6 @@ class Scheduler:
             "run_started", stages=list(self.options.stages), partitions=len(partitions), pid=os.getpid()
         )
         loop = asyncio.get_running_loop()
-        self._install_signals(loop)
-        _use_pidfd_watcher(loop)
         try:
             for partition in partitions:
                 self._futures[(partition.stage, partition.id)] = loop.create_future()
@@ -239,7 +236,6 @@ class Scheduler:
             summary.outcomes = list(outcomes)
             summary.barriers = [self._barriers[n] for n in self.options.stages if n in self._barriers]
         finally:
-            self._remove_signals(loop)
             await self.executor.aclose()
             self._fs.shutdown(wait=True)
         summary.interrupted = self._stopping
@@ -267,18 +263,6 @@ class Scheduler:
         self.log.emit("interrupt_requested")
         for task in self._tasks:
             task.cancel()
-
-    # -- signals ----------------------------------------------------------------
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.stop)
-
-    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)
 
     # -- one partition ------------------------------------------------------------
 
@@ -1013,18 +997,6 @@ class Scheduler:
                 self.log.emit("halted", stage=stage.name, reason=reason)
             return reason
         return None
-
-
-def _use_pidfd_watcher(loop: asyncio.AbstractEventLoop) -> None:
-    """On Python 3.11, wait for agents with pidfds instead of a thread per child
-    (the fastest watcher measured here, STYLE.md); 3.12+ does this by default."""
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
-    with contextlib.suppress(OSError, NotImplementedError, AttributeError):
-        os.close(os.pidfd_open(os.getpid()))  # the kernel supports pidfds
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(loop)
-        asyncio.set_child_watcher(watcher)
 
 
 class Promoter:

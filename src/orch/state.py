@@ -771,9 +771,20 @@ class PartitionLock:
 
 
 def is_locked(root: Path, stage: str, partition: str) -> bool:
-    """Return True if a live process holds the partition's lock."""
-    if not lock_path(root, stage, partition).exists():
+    """Return True if a live process holds the partition's lock.
+
+    Takes no lock on Linux (reads /proc/locks, `orch.lockprobe`), so a viewer
+    polling status never makes a run's lock attempt fail; elsewhere it
+    try-locks briefly, as before.
+    """
+    path = lock_path(root, stage, partition)
+    if not path.exists():
         return False
+    from orch.lockprobe import is_held_in_proc_locks
+
+    held = is_held_in_proc_locks(path)
+    if held is not None:
+        return held
     lock = PartitionLock(root, stage, partition)
     if lock.try_acquire():
         lock.release()

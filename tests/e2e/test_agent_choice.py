@@ -57,7 +57,8 @@ def test_a_plain_run_after_a_real_agent_replaces_nothing(make_project):
         ("complete", "kept", KEPT)
     }
     table = project.orch("plan", "work", check=True).stdout
-    assert table.count(" kept ") == 3
+    assert table.count(" kept ") == 4  # three rows and the summary line
+    assert table.splitlines()[-1] == "3 kept (made by a real agent) · 0 up to date"
 
     project.orch("run", check=True)
     project.orch("stage", "run", "work", check=True)
@@ -78,7 +79,8 @@ def test_stale_real_outputs_are_kept_and_named_in_the_plan(make_project):
     plan = json.loads(project.orch("plan", "work", "--json", check=True).stdout)
     for row in plan["partitions"]:
         assert (row["status"], row["action"]) == ("stale", "kept")
-        assert row["reason"] == f"stale: prompt changed (blueprint agents/work.md); kept: {KEPT}"
+        assert row["reason"].startswith("stale: prompt changed at line")
+        assert row["reason"].endswith(f"(blueprint agents/work.md); kept: {KEPT}")
     result = project.orch("stage", "run", "work")
 
     assert outputs(project) == real

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -287,9 +288,12 @@ def test_executor_errors_exit_2(make_project: Callable[..., Project]) -> None:
     result = project.orch("run")
     assert result.returncode == 2
     assert "unknown key 'schedular'; did you mean 'scheduler'?" in result.stderr
-    config["executor"] = {"kind": "dask", "scheduler": "tcp://127.0.0.1:1", "connect_timeout": "1s"}
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    config["executor"] = {"kind": "dask", "scheduler": address, "connect_timeout": "1s"}
     project.config(config)
     result = project.orch("run")
     assert result.returncode == 2, result.stderr
-    assert "cannot use the Dask cluster at tcp://127.0.0.1:1" in result.stderr
+    assert f"cannot use the Dask cluster at {address}" in result.stderr
     assert "Traceback" not in result.stderr

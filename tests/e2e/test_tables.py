@@ -94,10 +94,11 @@ def test_pipes_get_whole_rows_one_per_line_whatever_columns_says(project):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    rows = result.stdout.splitlines()[2:]
+    *rows, summary = result.stdout.splitlines()[2:]
+    assert summary.startswith("3 to run · 0 up to date")
     assert sorted(row.split()[0] for row in rows) == sorted(IDS)
     assert all(row.split()[-1] == f"data/work/{row.split()[0]}" for row in rows)
-    assert sum("stale: prompt changed (blueprint agents/work.md)" in row for row in rows) == 2
+    assert sum("stale: prompt changed at line" in row for row in rows) == 2
 
 
 def test_column_widths_keep_short_cells_and_the_id_whole_and_share_the_rest():
