@@ -185,6 +185,11 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Wait this long for partitions held by another orch run (default: skip them).",
         ),
         click.option("--dry-run", is_flag=True, help="Show what would run; write nothing."),
+        click.option(
+            "--executor",
+            metavar="URL",
+            help="Where attempts run: local, or dask://host:8786 (default: orch.yaml's executor).",
+        ),
         json_option,
     ]
     for option in reversed(options):
@@ -293,6 +298,22 @@ def _command(ctx: Context, *words: str) -> str:
     from orch.hints import Invocation
 
     return Invocation(tuple(words), ctx.project).line()
+
+
+@cli.command("worker")
+@click.argument("scheduler", metavar="SCHEDULER")
+@click.option("--slots", type=click.IntRange(min=1), metavar="N", help="Agents run at once (default: CPUs).")
+@click.option("--resources", metavar="NAME=N,...", help="Resources offered, e.g. claude=4,codex=2.")
+@click.option("--name", metavar="NAME", help="Worker name shown by Dask (default: its address).")
+def worker(scheduler: str, slots: int | None, resources: str | None, name: str | None) -> None:
+    """Serve a Dask cluster: run orch's attempts on this host (execs `dask worker`)."""
+    import os
+
+    from orch.dask_worker import worker_argv
+
+    argv = worker_argv(scheduler, slots, resources, name)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
 
 
 def _run_kwargs(ctx: Context, options: dict[str, Any]) -> dict[str, Any]:
@@ -517,10 +538,12 @@ def status(ctx: Context, stage_name: str | None, agent: str | None) -> None:
     if ctx.json:
         print_json(ctx.out, {"stage": stage_name, "partitions": rows})
         return
+    workers = any(r["worker"] for r in rows)  # ran on a Dask cluster: say where
     print_table(
         ctx.out,
         None,
-        ["partition", "status", "attempts", "seconds", "tokens", "cost", "last error"],
+        ["partition", "status", "attempts", "seconds", "tokens", "cost", "last error"]
+        + (["worker"] if workers else []),
         [
             [
                 r["id"],
@@ -531,6 +554,7 @@ def status(ctx: Context, stage_name: str | None, agent: str | None) -> None:
                 r["cost_usd"],
                 r["last_error"],
             ]
+            + ([r["worker"]] if workers else [])
             for r in rows
         ],
     )

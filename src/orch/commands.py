@@ -435,8 +435,12 @@ def prepare_run(
     wait_locks: float = 0.0,
     dry_run: bool = False,
     sinks_factory: Callable[[], EventSink] | None = None,
+    executor: str | None = None,
 ) -> PreparedRun | RunResult:
     """Check a run of `stages` (upstream first) and set it up; a dry run returns its plan.
+
+    `executor` is `--executor`'s value (`local`, `dask://host:port`); None
+    takes orch.yaml's `executor:`, else local.
 
     Returns:
         A `PreparedRun` to await, or for `dry_run` a `RunResult` with `dry_run` set.
@@ -483,7 +487,21 @@ def prepare_run(
         wait_locks_s=wait_locks,
     )
     reporter = sinks_factory() if sinks_factory else None
-    return PreparedRun(Scheduler(ws, options, [reporter] if reporter else []), reporter)
+    scheduler = Scheduler(ws, options, [reporter] if reporter else [], _executor(ws, executor))
+    return PreparedRun(scheduler, reporter)
+
+
+def _executor(ws: Workspace, url: str | None) -> Any:
+    """The executor for `--executor URL`, else orch.yaml's `executor:`, else None (local)."""
+    from orch.dask_config import executor_from_url
+
+    config = executor_from_url(url, ws.project.executor) if url else ws.project.executor
+    if config is None or config.kind == "local":
+        return None
+    from orch.dask_executor import DaskExecutor, require_distributed
+
+    require_distributed()
+    return DaskExecutor(config, ws.root)
 
 
 def run_pipeline(ws: Workspace, until: str | None, from_: str | None, **options: Any) -> RunResult:

@@ -10,7 +10,7 @@ ended. `LocalExecutor` runs it here, one backend instance and one
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from orch.backends import AttemptResult, AttemptSpec, Backend, create_backend
@@ -26,6 +26,8 @@ class Executor(Protocol):
         self, agent: AgentConfig, spec: AttemptSpec, on_start: Callable[[], None] | None = None
     ) -> AttemptResult:
         """Run `spec` with `agent`; call `on_start` when the attempt really starts.
+
+        A cluster executor passes `worker=ADDRESS` to `on_start`.
 
         `spec.timeout_s` counts from then; on expiry raise TimeoutError. Cancelling
         must stop the agent before returning.
@@ -48,6 +50,53 @@ class Executor(Protocol):
         ...
 
 
+class Admission:
+    """Admits attempts per agent: one `AgentLimiter` each (concurrency, requests
+    per minute, cool-down after a 429), in the orchestrator for every executor,
+    so limits and 429 adaptation stay global however many hosts run attempts.
+    """
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, AgentLimiter] = {}
+
+    def limiter(self, agent: AgentConfig) -> AgentLimiter:
+        """Return `agent`'s limiter, created from its settings on first use."""
+        if agent.name not in self._limiters:
+            concurrency = agent.settings.get("max_concurrency")
+            rate = agent.settings.get("requests_per_minute")
+            self._limiters[agent.name] = AgentLimiter(
+                int(concurrency) if concurrency else None, float(rate) if rate else None
+            )
+        return self._limiters[agent.name]
+
+    async def admit(
+        self,
+        agent: AgentConfig,
+        spec: AttemptSpec,
+        call: Callable[[], Awaitable[AttemptResult]],
+        on_start: Callable[[], None] | None = None,
+        paced: bool = True,
+    ) -> AttemptResult:
+        """Wait for `agent`'s limiter, call `on_start`, then `call()`; record how it ended.
+
+        Args:
+            paced: Pace once per attempt (False for a backend that paces each request).
+
+        The limiter learns from the result: a success may raise the agent's
+        concurrency, a 429 halves it and makes the agent cool down.
+        """
+        limiter = self.limiter(agent)
+        async with limiter.attempt() as ticket:
+            if paced:
+                await limiter.pace()
+            if on_start is not None:
+                on_start()
+            result = await call()
+            cap_s = spec.retry_after_cap_s
+            limiter.record(ticket, result.ok, result.error_class, result.retry_after_s, cap_s)
+        return result
+
+
 class LocalExecutor:
     """Runs attempts on this machine: one backend and one limiter per agent.
 
@@ -59,22 +108,19 @@ class LocalExecutor:
     `orch.processes.Containment`, which tells live agents from leftovers.
     A backend with slow set-up may define
     `warm_up()` to start it in the background (see `warm_up` below).
+
+    Args:
+        admission: The limiters to share (a DaskExecutor passes its own); new by default.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, admission: Admission | None = None) -> None:
         self._backends: dict[str, Backend] = {}
-        self._limiters: dict[str, AgentLimiter] = {}
+        self._admission = admission or Admission()
         self._self_paced: set[str] = set()
         self._containment: Containment | None = None
 
     def _limiter(self, agent: AgentConfig) -> AgentLimiter:
-        if agent.name not in self._limiters:
-            concurrency = agent.settings.get("max_concurrency")
-            rate = agent.settings.get("requests_per_minute")
-            self._limiters[agent.name] = AgentLimiter(
-                int(concurrency) if concurrency else None, float(rate) if rate else None
-            )
-        return self._limiters[agent.name]
+        return self._admission.limiter(agent)
 
     def _backend(self, agent: AgentConfig) -> Backend:
         if agent.name not in self._backends:
@@ -113,26 +159,18 @@ class LocalExecutor:
 
         `on_start` is called at admission; `spec.timeout_s` runs from there
         (TimeoutError propagates, after the backend stopped the agent).
-
-        The limiter learns from the result: a success may raise the agent's
-        concurrency, a 429 halves it and makes the agent cool down.
         """
         backend = self._backend(agent)
-        limiter = self._limiter(agent)
-        async with limiter.attempt() as ticket:
-            if agent.name not in self._self_paced:
-                await limiter.pace()
-            if on_start is not None:
-                on_start()
+
+        async def call() -> AttemptResult:
             # the timeout starts once admitted: waiting out another attempt's
             # Retry-After must not use up this attempt's time
             if spec.timeout_s:
-                result = await asyncio.wait_for(backend.run(spec), spec.timeout_s)
-            else:
-                result = await backend.run(spec)
-            cap_s = spec.retry_after_cap_s
-            limiter.record(ticket, result.ok, result.error_class, result.retry_after_s, cap_s)
-        return result
+                return await asyncio.wait_for(backend.run(spec), spec.timeout_s)
+            return await backend.run(spec)
+
+        paced = agent.name not in self._self_paced
+        return await self._admission.admit(agent, spec, call, on_start, paced)
 
     async def aclose(self) -> None:
         """Close every backend created."""

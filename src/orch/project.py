@@ -14,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from orch.dask_config import ExecutorConfig, parse_executor
 from orch.documents import LineDict, LineList, parse_yaml, read_text
 from orch.errors import ConfigError, did_you_mean
 
@@ -22,7 +23,7 @@ CONFIG_NAME = "orch.yaml"
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _PARAM = re.compile(r"^[A-Z][A-Z0-9_]*$")
-RETRY_CLASSES = ("timeout", "checks", "agent_error", "http_429", "http_5xx", "request_error")
+RETRY_CLASSES = ("timeout", "checks", "agent_error", "http_429", "http_5xx", "request_error", "worker_lost")
 #: Retried only when `retry_on` names them: a request the endpoint refused as
 #: malformed or too long (a 4xx, a context-length error) fails the same way again.
 NOT_RETRIED_BY_DEFAULT = frozenset({"request_error"})
@@ -166,6 +167,7 @@ class Project:
     stages: Mapping[str, Stage]
     max_parallel: int | None = None
     max_cost_usd: float | None = None
+    executor: ExecutorConfig | None = None
 
     @property
     def config_path(self) -> Path:
@@ -238,7 +240,7 @@ def load_project(root: Path) -> Project:
         raw = LineDict()
     top = _Node(raw, "", 1)
     top.require_mapping()
-    top.check_keys({"vars", "agents", "stages", "max_parallel", "max_cost_usd"})
+    top.check_keys({"vars", "agents", "stages", "max_parallel", "max_cost_usd", "executor"})
     variables = _load_vars(top.child("vars"))
     agents, default = _load_agents(top.child("agents"), validate_agent)
     stages = _load_stages(top.child("stages"), agents)
@@ -250,7 +252,14 @@ def load_project(root: Path) -> Project:
         stages=MappingProxyType(_order_stages(stages)),
         max_parallel=top.child("max_parallel").positive_int(optional=True),
         max_cost_usd=top.child("max_cost_usd").positive_float(optional=True),
+        executor=_load_executor(top.child("executor")),
     )
+
+
+def _load_executor(node: _Node) -> ExecutorConfig | None:
+    if node.missing:
+        return None
+    return parse_executor(node.value, node.where)
 
 
 def parse_duration(value: Any, where: str) -> float:

@@ -222,6 +222,9 @@ class Scheduler:
                 self.options.max_parallel if len(self.options.stages) > 1 else None
             ) or self.ws.project.max_parallel
             self._global = asyncio.Semaphore(int(limit or 1))
+        start = getattr(self.executor, "start", None)
+        if start is not None:  # a cluster executor connects and checks its workers first
+            await start()
         self.log.emit(
             "run_started", stages=list(self.options.stages), partitions=len(partitions), pid=os.getpid()
         )
@@ -734,7 +737,7 @@ class Scheduler:
 
         agent_started: list[float] = []
 
-        def started() -> None:
+        def started(worker: str | None = None) -> None:
             agent_started.append(time.time())
             self.log.emit(
                 "started",
@@ -744,6 +747,7 @@ class Scheduler:
                 agent=agent.name,
                 reason=why,
                 limit=self.executor.limit_of(agent),
+                **({"worker": worker} if worker else {}),
             )
 
         try:
@@ -939,6 +943,8 @@ class Scheduler:
     def _is_retryable(self, stage: Stage, result: AttemptResult) -> bool:
         if self._stopping or result.error_class in ("internal", "disk", "promote", "lock"):
             return False
+        if result.error_class == "worker_lost":  # the worker died, not the attempt
+            return True
         if stage.retry_on is None:
             return result.error_class not in NOT_RETRIED_BY_DEFAULT
         if result.error_class == "exit":
@@ -1123,6 +1129,7 @@ def _attempt_record(
         "error_class": result.error_class,
         "exit_code": result.exit_code,
         "usage": result.usage.to_json() if result.usage else {},
+        **({"worker": result.worker} if result.worker else {}),
     }
 
 

@@ -206,6 +206,7 @@ def status_rows(planner: Planner, states: Sequence[PartitionState]) -> list[dict
                 "cost_usd": usage.get("cost_usd"),
                 "last_error": (error or {}).get("error"),
                 "reason": s.reason,
+                "worker": manifest.attempts[-1].get("worker") if manifest and manifest.attempts else None,
             }
         )
     return rows
