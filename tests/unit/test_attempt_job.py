@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from orch.attempt_job import AttemptJob, claim, run_job
 from orch.backends import AttemptResult, AttemptSpec, Usage, validate_agent
-from orch.dask_config import ExecutorConfig, executor_from_url, parse_executor
+from orch.config.executor import ExecutorConfig, executor_from_url, parse_executor
+from orch.config.project import ExpectRule
 from orch.errors import ConfigError, UsageError
-from orch.project import ExpectRule
+from orch.executors.job import AttemptJob, claim, run_job
 
 
 def command_agent(**extra: object) -> object:
@@ -108,7 +108,7 @@ def test_bad_resources_are_config_errors(resources: object) -> None:
 
 def test_latency_wait_polls_for_late_outputs(tmp_path: Path) -> None:
     pytest.importorskip("distributed")
-    from orch.dask_executor import wait_for_outputs
+    from orch.executors.dask import wait_for_outputs
 
     spec = spec_in(tmp_path)
     assert not wait_for_outputs(spec, 0.2)
@@ -121,7 +121,7 @@ def test_sweep_kills_only_orphans_of_dask_workers(tmp_path: Path) -> None:
     import subprocess
     import types
 
-    from orch.dask_worker import sweep_orphans
+    from orch.executors.dask_worker import sweep_orphans
 
     def agent(name: str, worker: str | None) -> subprocess.Popen[bytes]:
         env = {"ORCH_OUTPUT_DIR": str(tmp_path / name), "PATH": "/usr/bin:/bin"}
@@ -147,7 +147,7 @@ def test_sweep_kills_only_orphans_of_dask_workers(tmp_path: Path) -> None:
 
 def test_check_worker_refuses_another_version_or_an_invisible_project(tmp_path: Path) -> None:
     from orch import __version__
-    from orch.dask_worker import check_worker
+    from orch.executors.dask_worker import check_worker
 
     assert check_worker(str(tmp_path), __version__) == (
         f"cannot see the project at {tmp_path} (no orch.yaml there); is the shared FS mounted?"

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.errors import ConfigError
-from orch.project import (
+from orch.config.project import (
     CONFIG_NAME,
     ExpectRule,
     FanIn,
@@ -18,6 +17,7 @@ from orch.project import (
     load_project,
     parse_duration,
 )
+from orch.errors import ConfigError
 
 # Line 1 is `stages:`; a stage's own keys start on line 6 (see `with_stage_keys`).
 ONE_STAGE = """\

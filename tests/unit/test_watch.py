@@ -1,4 +1,4 @@
-"""What `orch watch` shows (orch.watch) and what `orch watch --plan` reports (orch.planwatch), without I/O."""
+"""What `orch watch` shows (orch.observe.watch) and `orch watch --plan` reports (orch.observe.planwatch)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from orch.observe.events import Event, RunInfo
+from orch.observe.planwatch import ChangeFlag, changed_lines
 from orch.observe.progress import RunProgress
-from orch.planwatch import ChangeFlag, changed_lines
-from orch.watch import build_view
-from orch.watch_render import event_text, format_money, format_seconds, render_plain
+from orch.observe.watch import build_view
+from orch.observe.watch_render import event_text, format_money, format_seconds, render_plain
 
 T0 = 1_000_000.0
 

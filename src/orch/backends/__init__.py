@@ -14,8 +14,8 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
 
+from orch.config.project import AgentConfig, ExpectRule
 from orch.errors import ConfigError, did_you_mean
-from orch.project import AgentConfig, ExpectRule
 
 BACKENDS = {
     "rehearsal": "orch.backends.rehearsal",
@@ -125,7 +125,7 @@ class AttemptResult:
         error: One line saying what went wrong, for notes and manifests.
         error_class: `timeout`, `exit`, `agent_error`, `http_429`, `http_5xx`,
             `request_error`, `interrupted`, `checks` or `worker_lost` (see
-            `orch.project.RETRY_CLASSES`).
+            `orch.config.project.RETRY_CLASSES`).
         exit_code: The process exit code, for the command backend.
         usage: Tokens and cost, when known.
         retry_after_s: A server's Retry-After, honoured by the backoff.
@@ -193,7 +193,7 @@ def validate_agent(name: str, raw: Any, where: str, line: int) -> AgentConfig:
         ):
             raise ConfigError(f"{where} {key}: expected a number > 0, got {value!r}")
     if "resources" in settings or "run_on_cluster" in settings:
-        from orch.dask_config import check_agent_placement
+        from orch.config.executor import check_agent_placement
 
         check_agent_placement(settings, where)
     settings = module.normalize(settings, where)

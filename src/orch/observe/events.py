@@ -1,6 +1,6 @@
 """Typed run events, and the reader that follows `wip/runs/<run-id>/events.jsonl` from a byte offset.
 
-The log is written by `orch.runlog.RunLog`: one JSON object per line, flushed
+The log is written by `orch.store.runlog.RunLog`: one JSON object per line, flushed
 as it happens. This module only reads it, in binary, and never trusts it.
 """
 
@@ -28,7 +28,7 @@ PROBE_BYTES = 64 << 10
 
 
 class EventName(StrEnum):
-    """Every event name `orch.scheduler` writes; the values are the strings on disk."""
+    """Every event name `orch.engine.runtime` writes; the values are the strings on disk."""
 
     RUN_STARTED = "run_started"
     STARTED = "started"

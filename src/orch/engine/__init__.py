@@ -1,0 +1,1 @@
+"""The run engine: planning, the async runtime that drives partitions, costs, preflight."""
