@@ -352,6 +352,10 @@ def _run_in_thread(prepared: PreparedRun) -> RunReport:
     """
     loop = asyncio.new_event_loop()
     box: dict[str, Any] = {}
+    # Completion is signalled by an Event, not Thread.join: on Python 3.11 a
+    # KeyboardInterrupt that lands inside join(timeout) can leave the thread
+    # marked stopped, so a later join() returns while the run still goes on.
+    done = threading.Event()
 
     def work() -> None:
         asyncio.set_event_loop(loop)
@@ -362,16 +366,18 @@ def _run_in_thread(prepared: PreparedRun) -> RunReport:
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            done.set()
 
     worker = threading.Thread(target=work, name="orch-run", daemon=True)
     worker.start()
     try:
-        while worker.is_alive():
-            worker.join(0.1)
+        while not done.wait(0.1):
+            pass
     except KeyboardInterrupt:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to stop
             loop.call_soon_threadsafe(prepared.stop)
-        worker.join()
+        while not done.wait(0.1):  # the run ends its agents and writes run_finished
+            pass
         raise
     if "error" in box:
         raise box["error"]

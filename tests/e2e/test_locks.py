@@ -20,7 +20,7 @@ ALL6 = Counter({f"item{i:02d}": 1 for i in range(1, 7)})
 
 def test_second_run_skips_partitions_held_by_a_running_one(make_project):
     project = make_project(n_items=6)
-    project.script({"default": {"action": "sleep", "seconds": 1.0}})
+    project.script({"default": {"action": "sleep", "seconds": 3.0}})
     first = project.popen("stage", "run", "work")
     wait_until(lambda: len(staging_dirs(project)) == 6, what="the first run to start all 6 partitions")
 
