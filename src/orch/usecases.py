@@ -32,7 +32,8 @@ from orch.errors import (
 from orch.observe.views import current_error, status_overview, status_rows
 from orch.store.barriers import BarrierReport
 from orch.store.checks import META_DIR
-from orch.store.state import AGENT_LOG, Manifest, list_attempts, read_error
+from orch.store.layout import AGENT_LOG, list_attempts, read_error
+from orch.store.manifest import Manifest
 
 if TYPE_CHECKING:
     from orch.engine.runtime import RunSummary, Scheduler

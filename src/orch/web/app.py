@@ -23,7 +23,8 @@ from orch.errors import OrchError
 from orch.observe.events import READ_CHUNK_BYTES, EventName, EventReader, latest_run
 from orch.observe.snapshot import Snapshot, take_snapshot
 from orch.store.checks import META_DIR
-from orch.store.state import AGENT_LOG, ERROR, list_attempts, read_manifest
+from orch.store.layout import AGENT_LOG, ERROR, list_attempts
+from orch.store.manifest import read_manifest
 from orch.web import pages
 from orch.web.cache import SnapshotCache
 

@@ -17,7 +17,7 @@ from orch.config.workspace import Workspace
 from orch.observe.events import Event, EventName, EventReader
 from orch.observe.snapshot import PartitionView, Snapshot
 from orch.store.checks import META_DIR
-from orch.store.state import PROMPT, read_error
+from orch.store.layout import PROMPT, read_error
 
 # Above this many partitions the tree page shows per-stage grids with a status filter.
 TREE_MAX_PARTITIONS = 2000
