@@ -23,7 +23,6 @@ MAX_LINES = 500
 KNOWN_LARGE = {
     "orch.engine.runtime",
     "orch.backends.openai",
-    "orch.usecases",
     "orch.config.project",
     "orch.engine.plan",
 }

@@ -63,7 +63,7 @@ def blueprint() -> None:
 def blueprint_render(ctx: Context, stage_name: str, partition_id: str, agent: str | None) -> None:
     """Print exactly the prompt the agent of STAGE/PARTITION receives."""
     from orch.observe.views import print_json
-    from orch.usecases import render_prompt
+    from orch.usecases.blueprints import render_prompt
 
     prompt = render_prompt(ctx.workspace(), stage_name, partition_id, agent)
     if ctx.json:
@@ -79,7 +79,7 @@ def blueprint_render(ctx: Context, stage_name: str, partition_id: str, agent: st
 def blueprint_check(ctx: Context, file: Path | None) -> None:
     """Check blueprints: syntax, every partition renders, params declared and used."""
     from orch.observe.views import print_json
-    from orch.usecases import check_blueprints
+    from orch.usecases.blueprints import check_blueprints
 
     report = check_blueprints(ctx.workspace(checked=False), file)
     if ctx.json:

@@ -16,7 +16,7 @@ from orch.errors import BarrierNotMet
 def stage_list(ctx: Context) -> None:
     """List stages: blueprint, partitions, output template."""
     from orch.observe.views import print_json, print_table
-    from orch.usecases import list_stages
+    from orch.usecases.inspect import list_stages
 
     rows = list_stages(ctx.workspace())
     if ctx.json:
@@ -42,7 +42,7 @@ def stage_list(ctx: Context) -> None:
 def plan(ctx: Context, stage_name: str | None, agent: str | None, only: str | None, diff: bool) -> None:
     """Show what a run would do for each partition, and why; end with an estimate."""
     from orch.observe.views import plan_json, plan_rows, print_json, print_table
-    from orch.usecases import plan_summary
+    from orch.usecases.inspect import plan_summary
 
     ws = ctx.workspace()
     planned, summary = plan_summary(ws, stage_name, agent, split_only(only))
@@ -99,7 +99,7 @@ def _print_diffs(ctx: Context, ws: Any, planned: Any) -> None:
 def status(ctx: Context, stage_name: str | None, agent: str | None) -> None:
     """Counts per status for every stage, or a per-partition table for one."""
     from orch.observe.views import STATUS_ORDER, print_json, print_table, usage_cells
-    from orch.usecases import stage_status, status_usage
+    from orch.usecases.inspect import stage_status, status_usage
 
     ws = ctx.workspace()
     if stage_name is None:
@@ -195,12 +195,12 @@ def barrier(ctx: Context, stage_name: str, agent: str | None) -> None:
 def show(ctx: Context, stage_name: str, partition_id: str, all_attempts: bool, agent: str | None) -> None:
     """Everything about one partition: paths, prompt, manifest, attempts, errors."""
     from orch.observe.views import print_json
-    from orch.usecases import show_partition
+    from orch.usecases.inspect import show_partition
 
     data = show_partition(ctx.workspace(), stage_name, partition_id, agent)
     if ctx.json:
         print_json(ctx.out, data)
         return
-    from orch.usecases import format_show
+    from orch.usecases.inspect import format_show
 
     ctx.out.file.write(format_show(data, all_attempts))

@@ -19,7 +19,7 @@ from orch.store.layout import MANIFEST, PROMPT
 from orch.store.locks import PartitionLock
 from orch.store.manifest import write_atomic
 from orch.store.runlog import RunLog, new_run_id
-from orch.usecases import select_only
+from orch.usecases.inspect import select_only
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ async def tree(request: web.Request) -> web.Response:
 
 async def partition(request: web.Request) -> web.Response:
     """Prompt beside outputs (raw and rendered), status, findings, attempts, manifest, stale diff."""
-    from orch.usecases import show_partition
+    from orch.usecases.inspect import show_partition
 
     workspace = await _workspace(request)
     stage, pid = request.match_info["stage"], request.match_info["partition"]

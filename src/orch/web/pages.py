@@ -214,7 +214,7 @@ def read_text(path: Path, max_bytes: int = INLINE_MAX_BYTES) -> tuple[str | None
 
 
 def partition_page(workspace: Workspace, data: dict[str, Any]) -> dict[str, Any]:
-    """Add to `orch.usecases.show_partition` data: outputs' text, prompt then, and the stale diff.
+    """Add to `orch.usecases.inspect.show_partition` data: outputs' text, prompt then, and the stale diff.
 
     Args:
         workspace: The loaded project.
