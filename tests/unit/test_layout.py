@@ -24,7 +24,6 @@ KNOWN_LARGE = {
     "orch.engine.runtime",
     "orch.backends.openai",
     "orch.config.project",
-    "orch.engine.plan",
 }
 
 
