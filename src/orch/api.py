@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from orch.observe.events import Event
     from orch.observe.snapshot import Snapshot
     from orch.store.runlog import EventSink
-    from orch.usecases import PreparedRun
+    from orch.usecases.run import PreparedRun
 
 #: Seconds between looks at a followed event log once caught up.
 FOLLOW_POLL_S = 0.1
@@ -103,7 +103,7 @@ class Project:
         Raises:
             UsageError: An unknown stage, agent or `only` id.
         """
-        from orch.usecases import plan_summary
+        from orch.usecases.inspect import plan_summary
 
         planned, summary = plan_summary(self.workspace, stage, agent, list(only) if only else None)
         return plan_record(planned, summary)
@@ -116,7 +116,7 @@ class Project:
                 a name: `partitions` lists that stage's partitions.
             agent: The agent to judge for (else `$ORCH_AGENT`, else orch.yaml).
         """
-        from orch.usecases import stage_status, status_usage
+        from orch.usecases.inspect import stage_status, status_usage
 
         if stage is not None:
             name = self.workspace.project.stage(stage).name
@@ -132,7 +132,7 @@ class Project:
         Raises:
             UsageError: An unknown stage or partition.
         """
-        from orch.usecases import show_partition
+        from orch.usecases.inspect import show_partition
 
         return partition_detail(show_partition(self.workspace, stage, partition, agent))
 
@@ -199,11 +199,11 @@ class Project:
     ) -> PreparedRun | RunReport:
         """Check a run and set it up without starting it (what `run` does first).
 
-        Returns a `orch.usecases.PreparedRun` to await (the CLI drives it with
+        Returns a `orch.usecases.run.PreparedRun` to await (the CLI drives it with
         its own signal handlers), or for `dry_run=True` the `RunReport` with
         `planned` set. Arguments and errors as `run`.
         """
-        from orch.usecases import RunResult, pipeline_stages, prepare_run
+        from orch.usecases.run import RunResult, pipeline_stages, prepare_run
 
         ws = self.workspace
         if stages is None:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from orch.engine.hints import Invocation
     from orch.engine.runtime import Outcome
     from orch.store.barriers import BarrierReport
-    from orch.usecases import PlanSummary, RunResult
+    from orch.usecases.inspect import PlanSummary
+    from orch.usecases.run import RunResult
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def planned_partition(stage: str, state: PartitionState) -> PlannedPartition:
 
 
 def stage_plans(planned: Sequence[tuple[str, Sequence[PartitionState]]]) -> tuple[StagePlan, ...]:
-    """Return one `StagePlan` per `(stage, states)` pair of `orch.usecases.plan_stages`."""
+    """Return one `StagePlan` per `(stage, states)` pair of `orch.usecases.inspect.plan_stages`."""
     from orch.observe.views import counts
 
     return tuple(
@@ -264,7 +265,7 @@ def stage_plans(planned: Sequence[tuple[str, Sequence[PartitionState]]]) -> tupl
 
 
 def plan_record(planned: Sequence[tuple[str, Sequence[PartitionState]]], summary: PlanSummary) -> Plan:
-    """Return the `Plan` of `orch.usecases.plan_summary`'s result."""
+    """Return the `Plan` of `orch.usecases.inspect.plan_summary`'s result."""
     return Plan(stage_plans(planned), dict(summary.actions), summary.cost_usd, tuple(summary.no_history))
 
 
@@ -284,7 +285,7 @@ def partition_status(stage: str, row: dict[str, Any]) -> PartitionStatus:
 
 
 def partition_detail(data: dict[str, Any]) -> PartitionDetail:
-    """Return the record of `orch.usecases.show_partition`'s result."""
+    """Return the record of `orch.usecases.inspect.show_partition`'s result."""
     return PartitionDetail(
         stage=data["stage"],
         partition=data["partition"],
@@ -311,7 +312,7 @@ def partition_detail(data: dict[str, Any]) -> PartitionDetail:
 
 
 def run_report(result: RunResult) -> RunReport:
-    """Return the `RunReport` of `orch.usecases.RunResult` (a run or a dry run)."""
+    """Return the `RunReport` of `orch.usecases.run.RunResult` (a run or a dry run)."""
     summary = result.summary
     if summary is None:
         return RunReport(ok=True, planned=stage_plans(result.dry_run or ()), result=result)

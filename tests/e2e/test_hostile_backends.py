@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from orch.backends.openai import parse_retry_after
+from orch.backends.openai_replies import parse_retry_after
 from tests.conftest import FAKES, default_config
 from tests.fakes.openai_server import FakeOpenAI
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from orch.backends.openai import PathRejected, parse_retry_after, write_confined
+from orch.backends.openai_replies import parse_retry_after
+from orch.backends.openai_tools import PathRejected, write_confined
 from tests.conftest import default_config
 from tests.fakes.openai_server import DEFAULT_TEXT, FakeOpenAI
 

@@ -23,11 +23,7 @@ MAX_LINES = 500
 KNOWN_LARGE = {
     "orch.engine.runtime",
     "orch.backends.openai",
-    "orch.store.state",
-    "orch.cli",
-    "orch.usecases",
     "orch.config.project",
-    "orch.engine.plan",
 }
 
 

@@ -1,4 +1,4 @@
-"""Lock probing (orch.store.lockprobe, orch.store.state.is_locked): it sees held locks and never takes one."""
+"""Lock probing (orch.store.lockprobe, orch.store.locks.is_locked): it sees held locks and never takes one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from orch.store import lockprobe
-from orch.store.state import PartitionLock, is_locked, lock_path
+from orch.store.layout import lock_path
+from orch.store.locks import PartitionLock, is_locked
 
 needs_proc_locks = pytest.mark.skipif(not lockprobe.PROC_LOCKS.exists(), reason="no /proc/locks here")
 

@@ -11,7 +11,7 @@ from orch.config.partitions import Partition
 from orch.config.project import Stage
 from orch.config.workspace import Fingerprint, digest
 from orch.engine.plan import prompt_change, stale_reason
-from orch.store.state import Manifest
+from orch.store.manifest import Manifest
 
 STAGE = Stage(name="synthesis", blueprint="agents/x.md", output="data/synthesis/<ID>")
 PARTITION = Partition(

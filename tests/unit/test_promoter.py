@@ -10,7 +10,7 @@ import pytest
 
 from orch.engine import runtime
 from orch.engine.runtime import Promoter
-from orch.store.state import read_manifest
+from orch.store.manifest import read_manifest
 from tests.unit.test_state import make_manifest, make_staging
 
 

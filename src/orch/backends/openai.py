@@ -18,20 +18,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import email.utils
-import errno
 import json
-import math
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec, Usage
 from orch.backends.command import check_relative_file
+from orch.backends.openai_replies import (
+    _CONTEXT_HINT,
+    _collect_stream,
+    _describe,
+    _error_message,
+    _is_context_length,
+    _NotChatCompletion,
+    _read_response,
+    _root_cause,
+    _short,
+    parse_retry_after,
+)
+from orch.backends.openai_tools import (
+    TOOL_CHOICE,
+    TOOLS_SYSTEM,
+    WRITE_FILE_TOOL,
+    PathRejected,
+    _Transcript,
+    write_confined,
+)
 from orch.backends.usage import checked_usage
 from orch.config.project import AgentConfig, parse_duration
 from orch.errors import ConfigError, did_you_mean
@@ -67,40 +83,6 @@ DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_POOL = 100
 #: Body fields orch sets itself.
 RESERVED_OPTIONS = frozenset({"model", "messages", "tools", "stream", "stream_options", "n"})
-TOOLS_SYSTEM = (
-    "You run non-interactively; nobody reads your messages. Write every output file with the "
-    "write_file tool, using paths relative to your output directory (for example findings.md). "
-    "When every file is written, reply with a one-line summary and call no tool."
-)
-WRITE_FILE_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "write_file",
-        "description": "Write a UTF-8 text file into your output directory, replacing it if it exists.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "path": {"type": "string", "description": "relative path, e.g. findings.md"},
-                "content": {"type": "string", "description": "the whole file content"},
-            },
-            "required": ["path", "content"],
-        },
-    },
-}
-#: Sent with the tools unless `options` sets it: some servers read a missing
-#: tool_choice as "none" and never call the tool. Not "required": the model
-#: ends the conversation by answering without a tool call, which "required"
-#: forbids, so every attempt would run to max_turns.
-TOOL_CHOICE = "auto"
-#: Context-length errors, whatever the status: OpenAI and Azure
-#: (`context_length_exceeded`, "maximum context length"), llama.cpp
-#: (`exceed_context_size_error`, "exceeds the available context size"),
-#: llama-cpp-python ("exceed context window"), vLLM ("model's context
-#: length"), Anthropic-style gateways ("prompt is too long").
-_CONTEXT_LENGTH = re.compile(
-    r"context[ _-]?(length|size|window)|maximum context|exceed_context|prompt is too long", re.IGNORECASE
-)
-_ERROR_CHARS = 300
 
 
 def normalize(settings: dict[str, Any], where: str) -> dict[str, Any]:
@@ -190,150 +172,6 @@ def _options(raw: Any, where: str) -> Any:
 def create(agent: AgentConfig) -> OpenAIBackend:
     """Return an openai backend for `agent` (its client is made on first use)."""
     return OpenAIBackend(agent)
-
-
-class PathRejected(Exception):
-    """A write_file path that would leave the staging directory."""
-
-
-def write_confined(root: Path, rel_path: Any, content: str) -> str:
-    """Write `content` to `root/rel_path`, refusing any path that could leave `root`.
-
-    Refused: non-strings, empty paths, absolute paths, `..`, NUL, backslashes,
-    anything under orch's `.orch/`, and symlinks anywhere on the way. The
-    walk opens each directory relative to its parent with O_NOFOLLOW (and the
-    file with O_NOFOLLOW too), so a symlink is refused by the kernel, not by a
-    check that could race. Returns the normalised relative path written.
-
-    Raises:
-        PathRejected: why the path was refused (fit to show the model).
-    """
-    if not isinstance(rel_path, str) or not rel_path.strip():
-        raise PathRejected("path must be a non-empty relative path such as findings.md")
-    if "\0" in rel_path or "\\" in rel_path:
-        raise PathRejected("path must not contain NUL or backslashes")
-    if rel_path.startswith("/") or (len(rel_path) > 1 and rel_path[1] == ":"):
-        raise PathRejected("absolute paths are not allowed; use a path relative to your output directory")
-    parts = [p for p in rel_path.split("/") if p not in ("", ".")]
-    if not parts:
-        raise PathRejected("path names no file")
-    if ".." in parts:
-        raise PathRejected("'..' is not allowed; stay inside your output directory")
-    if parts[0] == ".orch":
-        raise PathRejected(".orch/ belongs to orch; write your files elsewhere")
-    clean = "/".join(parts)
-    no_follow = getattr(os, "O_NOFOLLOW", 0)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | no_follow
-    # The staging directory itself is orch's; only what lies below it is checked.
-    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY) if len(parts) > 1 else None
-    try:
-        for index, part in enumerate(parts[:-1]):
-            assert dir_fd is not None
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, dir_fd=dir_fd)
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | no_follow, dir_fd=dir_fd)
-            except OSError as err:
-                where = "/".join(parts[: index + 1])
-                raise PathRejected(f"{where} is a symlink or a file, not a directory") from err
-            os.close(dir_fd)
-            dir_fd = child
-        name = parts[-1] if dir_fd is not None else os.path.join(root, parts[-1])
-        try:
-            fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
-        except OSError as err:
-            if err.errno in (errno.ELOOP, errno.EISDIR):
-                kind = "a symlink" if err.errno == errno.ELOOP else "a directory"
-                raise PathRejected(f"{clean} is {kind}") from err
-            raise
-    finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(content)
-    return clean
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Return the wait a response asks for, in seconds, or None.
-
-    Reads `retry-after-ms` (OpenAI's, milliseconds) first, then `retry-after`
-    as seconds or as an HTTP date (RFC 9110 §10.2.3). NaN, infinities and
-    garbage are ignored (None); a negative wait is 0. The value is not capped
-    here: the scheduler caps it at the stage's `backoff.cap`, the limiter at
-    its own bound.
-    """
-    value = headers.get("retry-after-ms")
-    if value:
-        seconds = _finite(value)
-        if seconds is not None:
-            return max(seconds / 1000, 0.0)
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    seconds = _finite(value)
-    if seconds is not None:
-        return max(seconds, 0.0)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
-
-
-def _finite(text: str) -> float | None:
-    """`text` as a finite float, or None (`inf`, `nan`, garbage)."""
-    try:
-        value = float(text)
-    except (ValueError, OverflowError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-class _Transcript:
-    """JSON lines for `.orch/agent.log`: one per request, response, tool call, error.
-
-    Lines are buffered and written by `flush` or `close`, which the backend
-    runs in a worker thread (file creation costs about 0.5 ms on some disks,
-    too long for the event loop at 100-way concurrency). The file is created
-    and the request line written while that request is in flight, so a long
-    request's log can be read as it runs. A lock keeps a late flush from a
-    timed-out attempt from interleaving with the final close.
-    """
-
-    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
-        self.path = path
-        self._redactor = redactor or Redactor()
-        self._lines: list[str] = []
-        self._handle: IO[str] | None = None
-        self._lock = threading.Lock()
-
-    def write(self, event: str, **fields: Any) -> None:
-        """Buffer one line: `{"orch": event, **fields}`, every secret redacted."""
-        line = json.dumps({"orch": event, **fields}, ensure_ascii=False, default=str)
-        self._lines.append(self._redactor.text(line) + "\n")
-
-    def flush(self) -> None:
-        """Append the buffered lines to the log (blocking; creates the file the first time)."""
-        with self._lock:
-            lines, self._lines = self._lines, []
-            if self._handle is None:
-                self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
-            self._handle.write("".join(lines))
-            self._handle.flush()
-
-    @property
-    def closed(self) -> bool:
-        """True when every line is written and the file is closed (or was never needed)."""
-        return not self._lines and self._handle is None
-
-    def close(self) -> None:
-        """Flush and close the log (blocking); the log exists afterwards even if empty."""
-        self.flush()
-        with self._lock:
-            if self._handle is not None:
-                self._handle.close()
-                self._handle = None
 
 
 class _Failure(Exception):
@@ -725,126 +563,3 @@ def _http_client(openai_sdk: Any, httpx2: Any, pool_size: int | None, timeout: A
     except ImportError:
         return openai_sdk.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
     return openai_sdk.DefaultAioHttpClient(limits=limits, timeout=timeout)
-
-
-def _error_message(err: Any) -> str:
-    body = getattr(err, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return str(getattr(err, "message", err))
-
-
-_CONTEXT_HINT = (
-    " (the request is longer than the model's context window: shorten the prompt, "
-    "lower max_tokens, or serve the model with a larger context)"
-)
-
-
-def _is_context_length(err: Any) -> bool:
-    """True if an SDK error says the request exceeds the model's context (see `_CONTEXT_LENGTH`)."""
-    fields = [_error_message(err), getattr(err, "code", None), getattr(err, "type", None)]
-    return any(isinstance(f, str) and _CONTEXT_LENGTH.search(f) for f in fields)
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return err
-
-
-def _describe(err: BaseException) -> str:
-    return _short(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
-
-
-def _short(text: Any) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= _ERROR_CHARS else line[: _ERROR_CHARS - 1] + "…"
-
-
-#: (assistant message, finish_reason, usage as reported, response id)
-_Reply = tuple[dict[str, Any], str | None, dict[str, Any] | None, str | None]
-
-
-class _NotChatCompletion(Exception):
-    """The endpoint answered 2xx with something that is not a Chat Completions response."""
-
-
-def _read_response(response: Any) -> _Reply:
-    """Return (assistant message, finish_reason, usage, response id) from a response's JSON.
-
-    Raises:
-        _NotChatCompletion: not a JSON object (an HTML page from a proxy, say).
-    """
-    if not isinstance(response, dict):
-        raise _NotChatCompletion(f"expected a JSON object, got {_short(response)!r}")
-    choices = response.get("choices") or []
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    raw = choice.get("message")
-    if not isinstance(raw, dict):
-        raw = {}
-    message: dict[str, Any] = {"role": "assistant", "content": _echo_content(raw.get("content"))}
-    calls = [
-        {
-            "id": call.get("id"),
-            "type": "function",
-            "function": {
-                "name": call["function"].get("name"),
-                "arguments": call["function"].get("arguments"),
-            },
-        }
-        for call in raw.get("tool_calls") or []
-        if isinstance(call, dict) and isinstance(call.get("function"), dict)
-    ]
-    if calls:
-        message["tool_calls"] = calls
-    return message, choice.get("finish_reason"), _object(response.get("usage")), response.get("id")
-
-
-async def _collect_stream(stream: Any) -> _Reply:
-    """Accumulate a streamed response: text deltas, tool-call deltas by index, final usage.
-
-    Raises:
-        _NotChatCompletion: a chunk that is not a JSON object.
-    """
-    parts: list[str] = []
-    calls: dict[int, dict[str, Any]] = {}
-    finish = None
-    usage = None
-    response_id = None
-    async for chunk in stream:
-        if not isinstance(chunk, dict):
-            raise _NotChatCompletion(f"expected JSON objects in the stream, got {_short(chunk)!r}")
-        response_id = response_id or chunk.get("id")
-        if chunk.get("usage"):
-            usage = _object(chunk["usage"])
-        for choice in (chunk.get("choices") or [])[:1]:
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                parts.append(delta["content"])
-            for piece in delta.get("tool_calls") or []:
-                entry = calls.setdefault(
-                    piece.get("index", 0),
-                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                if piece.get("id"):
-                    entry["id"] = piece["id"]
-                function = piece.get("function") or {}
-                entry["function"]["name"] += function.get("name") or ""
-                entry["function"]["arguments"] += function.get("arguments") or ""
-            if choice.get("finish_reason"):
-                finish = choice["finish_reason"]
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(parts)}
-    if calls:
-        message["tool_calls"] = [calls[i] for i in sorted(calls)]
-    return message, finish, usage, response_id
-
-
-def _echo_content(content: Any) -> str:
-    """The assistant text as orch sends it back: never null (llama-cpp-python's
-    server answers HTTP 500 to `"content": null` beside tool calls; "" suits every server)."""
-    return content if isinstance(content, str) else ""
-
-
-def _object(value: Any) -> dict[str, Any] | None:
-    """`value` if it is a JSON object, else None (`_usage` reads the fields it needs)."""
-    return value if isinstance(value, dict) else None

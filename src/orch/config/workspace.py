@@ -21,7 +21,7 @@ from orch.config.partitions import Partition, PartitionIndex
 from orch.config.project import AgentConfig, Project, Stage
 from orch.errors import BlueprintError
 from orch.store.checks import SchemaStore
-from orch.store.state import Manifest
+from orch.store.manifest import Manifest
 
 ChildKey = tuple[str, str]
 

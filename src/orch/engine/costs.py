@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from orch.engine.plan import PartitionState, Planner
-from orch.store.state import Manifest, read_error, read_manifest
+from orch.store.layout import read_error
+from orch.store.manifest import Manifest, read_manifest
 
 
 @dataclass

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from orch.engine.plan import PartitionState
 from orch.store.checks import META_DIR
-from orch.store.state import PROMPT, read_prompt
+from orch.store.layout import PROMPT
+from orch.store.manifest import read_prompt
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,9 @@ from orch.config.workspace import ChildKey, Fingerprint, Workspace
 from orch.errors import StageBlocked, UsageError, did_you_mean
 from orch.store.checks import Finding, check_outputs
 from orch.store.integrity import find_modified
-from orch.store.state import (
-    STAGING_NAME,
-    Manifest,
-    is_locked,
-    list_attempts,
-    never_started,
-    read_error,
-    read_manifest,
-    read_prompt,
-    staging_dir,
-)
+from orch.store.layout import STAGING_NAME, list_attempts, never_started, read_error, staging_dir
+from orch.store.locks import is_locked
+from orch.store.manifest import Manifest, read_manifest, read_prompt
 
 
 class Status(Enum):

@@ -35,26 +35,20 @@ from orch.redact import Redactor
 from orch.store.barriers import BarrierEntry, BarrierReport, check_barrier
 from orch.store.checks import META_DIR, Finding, SchemaStore, check_outputs
 from orch.store.faults import describe, error_class_of, is_disk_fault, traceback_of
-from orch.store.runlog import EventSink, RunLog, new_run_id
-from orch.store.state import (
-    AGENT_LOG,
-    PROMPT,
+from orch.store.layout import AGENT_LOG, PROMPT, find_staging_dirs, never_started, staging_dir, staging_number
+from orch.store.locks import PartitionLock
+from orch.store.manifest import (
     Manifest,
     OutputFile,
-    PartitionLock,
-    archive_attempt,
     check_staging,
-    find_staging_dirs,
     hash_outputs,
-    never_started,
     output_fingerprint,
-    promote_many,
     read_manifest,
     scan_outputs,
-    staging_dir,
-    staging_number,
     touch_meta,
 )
+from orch.store.runlog import EventSink, RunLog, new_run_id
+from orch.store.staging import archive_attempt, promote_many
 
 #: Signals that stop a run: agents are ended and partitions recorded as interrupted.
 #: Outcomes that leave the partition complete.
@@ -1042,7 +1036,7 @@ class Promoter:
     """Group commit: promotions that wait together reach the disk with one flush.
 
     While one batch is being made durable and renamed into place (in a worker
-    thread, see `orch.store.state.promote_many`), new promotions queue; the next batch
+    thread, see `orch.store.staging.promote_many`), new promotions queue; the next batch
     takes them all. Under load a batch holds dozens of partitions; alone, a
     promotion waits for nothing but its own flush.
     """
@@ -1140,7 +1134,7 @@ def _inspect(
 
     Blocking (reads every output), so the scheduler runs it in a worker thread,
     one hop for both. First refuses what the agent may have left that orch
-    cannot safely keep (see `orch.store.state.check_staging` and `scan_outputs`).
+    cannot safely keep (see `orch.store.manifest.check_staging` and `scan_outputs`).
     Creates an empty `.orch/agent.log` for a silent agent: every partition
     has its log.
     """

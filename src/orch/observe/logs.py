@@ -14,7 +14,8 @@ from orch.config.workspace import Workspace
 from orch.errors import UsageError
 from orch.observe.events import latest_run
 from orch.store.checks import META_DIR
-from orch.store.state import AGENT_LOG, find_staging_dirs, list_attempts, never_started, read_manifest
+from orch.store.layout import AGENT_LOG, find_staging_dirs, list_attempts, never_started
+from orch.store.manifest import read_manifest
 
 # Bytes read per look at a followed log.
 READ_CHUNK_BYTES = 1 << 16

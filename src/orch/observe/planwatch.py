@@ -62,7 +62,7 @@ def plan_snapshot(root: Path, agent: str | None) -> dict[PlanKey, tuple[str, str
     """
     from orch.config.project import load_project
     from orch.config.workspace import Workspace
-    from orch.usecases import plan_stages
+    from orch.usecases.inspect import plan_stages
 
     ws = Workspace(load_project(root))
     return {

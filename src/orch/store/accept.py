@@ -15,9 +15,11 @@ from pathlib import Path
 from orch.config.workspace import Workspace
 from orch.engine.plan import PartitionState, Planner, Status
 from orch.store.checks import META_DIR, check_outputs
+from orch.store.layout import MANIFEST, PROMPT
+from orch.store.locks import PartitionLock
+from orch.store.manifest import write_atomic
 from orch.store.runlog import RunLog, new_run_id
-from orch.store.state import MANIFEST, PROMPT, PartitionLock, write_atomic
-from orch.usecases import select_only
+from orch.usecases.inspect import select_only
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from orch.errors import UsageError
+from orch.store.locks import is_locked
 from orch.store.runlog import read_events
-from orch.store.state import is_locked
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

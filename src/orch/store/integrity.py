@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from orch.store.checks import Finding
-from orch.store.state import OutputFile, hash_file
+from orch.store.manifest import OutputFile, hash_file
 
 
 def find_modified(directory: str, outputs: Iterable[OutputFile], deep: bool = False) -> list[Finding]:

@@ -23,7 +23,8 @@ from orch.errors import OrchError
 from orch.observe.events import READ_CHUNK_BYTES, EventName, EventReader, latest_run
 from orch.observe.snapshot import Snapshot, take_snapshot
 from orch.store.checks import META_DIR
-from orch.store.state import AGENT_LOG, ERROR, list_attempts, read_manifest
+from orch.store.layout import AGENT_LOG, ERROR, list_attempts
+from orch.store.manifest import read_manifest
 from orch.web import pages
 from orch.web.cache import SnapshotCache
 
@@ -168,7 +169,7 @@ async def tree(request: web.Request) -> web.Response:
 
 async def partition(request: web.Request) -> web.Response:
     """Prompt beside outputs (raw and rendered), status, findings, attempts, manifest, stale diff."""
-    from orch.usecases import show_partition
+    from orch.usecases.inspect import show_partition
 
     workspace = await _workspace(request)
     stage, pid = request.match_info["stage"], request.match_info["partition"]
