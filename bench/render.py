@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO / "src"))
 import jinja2  # noqa: E402
 import yaml  # noqa: E402
 
-from orch.project import load_project  # noqa: E402
-from orch.workspace import Workspace  # noqa: E402
+from orch.config.project import load_project  # noqa: E402
+from orch.config.workspace import Workspace  # noqa: E402
 
 STAGE = "analysis"
 VARS = {"INDUSTRY_ID": "new_energy_vehicles", "INDUSTRY_NAME": "New energy vehicles", "PERIOD": "2025-09"}

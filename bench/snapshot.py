@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orch.config.project import load_project
+from orch.config.workspace import Workspace
+from orch.engine.plan import Planner
 from orch.observe.events import latest_run
 from orch.observe.snapshot import RunProgress, take_snapshot
-from orch.plan import Planner
-from orch.project import load_project
-from orch.workspace import Workspace
 
 
 def build(root: Path, n: int) -> None:

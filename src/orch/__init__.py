@@ -47,7 +47,7 @@ __all__ = [
 _HOMES = {
     "open_project": "orch.api",
     "Project": "orch.api",
-    "Status": "orch.plan",
+    "Status": "orch.engine.plan",
     **{
         name: "orch.records"
         for name in (
@@ -76,11 +76,13 @@ _HOMES = {
         )
     },
     "BlueprintError": "orch.errors",
-    "PreflightFailed": "orch.preflight",
+    "PreflightFailed": "orch.engine.preflight",
 }
 
 if TYPE_CHECKING:
     from orch.api import Project, open_project
+    from orch.engine.plan import Status
+    from orch.engine.preflight import PreflightFailed
     from orch.errors import (
         BarrierNotMet,
         BlueprintError,
@@ -91,8 +93,6 @@ if TYPE_CHECKING:
         StageBlocked,
         UsageError,
     )
-    from orch.plan import Status
-    from orch.preflight import PreflightFailed
     from orch.records import (
         AttemptRecord,
         OutputFile,

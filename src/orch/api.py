@@ -29,11 +29,11 @@ from orch.records import (
 )
 
 if TYPE_CHECKING:
-    from orch.commands import PreparedRun
+    from orch.config.workspace import Workspace
     from orch.observe.events import Event
     from orch.observe.snapshot import Snapshot
-    from orch.runlog import EventSink
-    from orch.workspace import Workspace
+    from orch.store.runlog import EventSink
+    from orch.usecases import PreparedRun
 
 #: Seconds between looks at a followed event log once caught up.
 FOLLOW_POLL_S = 0.1
@@ -51,8 +51,8 @@ def open_project(path: str | os.PathLike[str] | None = None) -> Project:
         ConfigError: no orch.yaml found, or orch.yaml, a blueprint or the
             partition data is invalid (the messages `orch` prints, exit 2).
     """
-    from orch.project import CONFIG_NAME, find_root, load_project
-    from orch.workspace import Workspace
+    from orch.config.project import CONFIG_NAME, find_root, load_project
+    from orch.config.workspace import Workspace
 
     if path is None:
         root = find_root()
@@ -103,7 +103,7 @@ class Project:
         Raises:
             UsageError: An unknown stage, agent or `only` id.
         """
-        from orch.commands import plan_summary
+        from orch.usecases import plan_summary
 
         planned, summary = plan_summary(self.workspace, stage, agent, list(only) if only else None)
         return plan_record(planned, summary)
@@ -116,7 +116,7 @@ class Project:
                 a name: `partitions` lists that stage's partitions.
             agent: The agent to judge for (else `$ORCH_AGENT`, else orch.yaml).
         """
-        from orch.commands import stage_status, status_usage
+        from orch.usecases import stage_status, status_usage
 
         if stage is not None:
             name = self.workspace.project.stage(stage).name
@@ -132,7 +132,7 @@ class Project:
         Raises:
             UsageError: An unknown stage or partition.
         """
-        from orch.commands import show_partition
+        from orch.usecases import show_partition
 
         return partition_detail(show_partition(self.workspace, stage, partition, agent))
 
@@ -199,11 +199,11 @@ class Project:
     ) -> PreparedRun | RunReport:
         """Check a run and set it up without starting it (what `run` does first).
 
-        Returns a `orch.commands.PreparedRun` to await (the CLI drives it with
+        Returns a `orch.usecases.PreparedRun` to await (the CLI drives it with
         its own signal handlers), or for `dry_run=True` the `RunReport` with
         `planned` set. Arguments and errors as `run`.
         """
-        from orch.commands import RunResult, pipeline_stages, prepare_run
+        from orch.usecases import RunResult, pipeline_stages, prepare_run
 
         ws = self.workspace
         if stages is None:

@@ -1,6 +1,6 @@
 """The typed records the Python API returns (`orch.api`): plans, statuses, one partition, a run.
 
-Built from what `orch.commands` computes for the CLI, so the API and the
+Built from what `orch.usecases` computes for the CLI, so the API and the
 `--json` output always agree; field names follow the `--json` keys.
 """
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orch.plan import PartitionState, Status
+from orch.engine.plan import PartitionState, Status
 
 if TYPE_CHECKING:
-    from orch.barriers import BarrierReport
-    from orch.commands import PlanSummary, RunResult
-    from orch.hints import Invocation
-    from orch.scheduler import Outcome
+    from orch.engine.hints import Invocation
+    from orch.engine.runtime import Outcome
+    from orch.store.barriers import BarrierReport
+    from orch.usecases import PlanSummary, RunResult
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ class RunReport:
     Attributes:
         ok: Every partition in scope is complete or up to date, and no barrier is unmet.
         run_id: The run's id (`wip/runs/<run_id>/`); None for a dry run.
-        outcomes: One `orch.scheduler.Outcome` per partition in scope (status
+        outcomes: One `orch.engine.runtime.Outcome` per partition in scope (status
             `complete`, `up-to-date`, `failed`, `blocked`, `held`, `halted`,
             `interrupted` or `skipped`, and why).
         barriers: The barrier of each stage run.
@@ -239,7 +239,7 @@ class RunReport:
 
 def planned_partition(stage: str, state: PartitionState) -> PlannedPartition:
     """Return the plan record of one partition state."""
-    from orch.views import plan_action
+    from orch.observe.views import plan_action
 
     return PlannedPartition(
         stage=stage,
@@ -254,8 +254,8 @@ def planned_partition(stage: str, state: PartitionState) -> PlannedPartition:
 
 
 def stage_plans(planned: Sequence[tuple[str, Sequence[PartitionState]]]) -> tuple[StagePlan, ...]:
-    """Return one `StagePlan` per `(stage, states)` pair of `orch.commands.plan_stages`."""
-    from orch.views import counts
+    """Return one `StagePlan` per `(stage, states)` pair of `orch.usecases.plan_stages`."""
+    from orch.observe.views import counts
 
     return tuple(
         StagePlan(name, tuple(planned_partition(name, s) for s in states), counts(states))
@@ -264,12 +264,12 @@ def stage_plans(planned: Sequence[tuple[str, Sequence[PartitionState]]]) -> tupl
 
 
 def plan_record(planned: Sequence[tuple[str, Sequence[PartitionState]]], summary: PlanSummary) -> Plan:
-    """Return the `Plan` of `orch.commands.plan_summary`'s result."""
+    """Return the `Plan` of `orch.usecases.plan_summary`'s result."""
     return Plan(stage_plans(planned), dict(summary.actions), summary.cost_usd, tuple(summary.no_history))
 
 
 def partition_status(stage: str, row: dict[str, Any]) -> PartitionStatus:
-    """Return the record of one `orch.views.status_rows` row."""
+    """Return the record of one `orch.observe.views.status_rows` row."""
     return PartitionStatus(
         stage=stage,
         id=row["id"],
@@ -284,7 +284,7 @@ def partition_status(stage: str, row: dict[str, Any]) -> PartitionStatus:
 
 
 def partition_detail(data: dict[str, Any]) -> PartitionDetail:
-    """Return the record of `orch.commands.show_partition`'s result."""
+    """Return the record of `orch.usecases.show_partition`'s result."""
     return PartitionDetail(
         stage=data["stage"],
         partition=data["partition"],
@@ -311,7 +311,7 @@ def partition_detail(data: dict[str, Any]) -> PartitionDetail:
 
 
 def run_report(result: RunResult) -> RunReport:
-    """Return the `RunReport` of `orch.commands.RunResult` (a run or a dry run)."""
+    """Return the `RunReport` of `orch.usecases.RunResult` (a run or a dry run)."""
     summary = result.summary
     if summary is None:
         return RunReport(ok=True, planned=stage_plans(result.dry_run or ()), result=result)

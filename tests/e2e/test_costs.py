@@ -20,7 +20,7 @@ def test_status_totals_and_plan_estimate_across_runs(make_project, fake_clis):  
     assert plan[-1] == "1 to run · 2 up to date · est. $0.01"
     status = project.orch("status", check=True).stdout.splitlines()
     rows = [" ".join(line.split()) for line in status]
-    assert rows[1] == "work 3 0 0 2 1 0 0 7356 $0.0266"
+    assert rows[1] == "work 3 0 0 2 1 0 0 0 7356 $0.0266"
     assert rows[2:4] == ["agent attempts tokens cost", "cli 3 7356 $0.0266"]
     assert rows[-1] == "in all: 3 attempt(s) · 7356 tokens · $0.0266"
 
@@ -39,7 +39,7 @@ def test_plan_says_when_there_is_no_cost_history(make_project):
     assert last == "2 to run · 0 up to date · no cost history for agent fake"
     data = json.loads(project.orch("plan", "work", "--json", check=True).stdout)
     assert data["summary"] == {
-        "actions": {"run": 2, "wait": 0, "held": 0, "skip": 0},
+        "actions": {"run": 2, "wait": 0, "held": 0, "kept": 0, "skip": 0},
         "est_cost_usd": 0.0,
         "no_cost_history": ["fake"],
     }

@@ -168,7 +168,7 @@ def test_clean_never_removes_a_live_run_but_removes_a_killed_one(make_project):
 
 
 def test_clean_leaves_the_attempts_of_a_partition_held_by_a_running_orch(used):
-    from orch.state import PartitionLock
+    from orch.store.state import PartitionLock
 
     lock = PartitionLock(used.root, "work", "item01")
     assert lock.try_acquire()

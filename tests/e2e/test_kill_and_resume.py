@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.processes import REAPER_MARK
+from orch.executors.processes import REAPER_MARK
 from tests.e2e.test_execution import (
     events,
     invoked,

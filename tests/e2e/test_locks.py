@@ -1,6 +1,6 @@
 """Per-partition locks: concurrent `orch stage run` processes never run a partition twice.
 
-Locks are flock()s on `wip/locks/<stage>/<partition>.lock` (orch.state); the
+Locks are flock()s on `wip/locks/<stage>/<partition>.lock` (orch.store.state); the
 kernel drops them when the holder dies, so a SIGKILLed holder blocks nothing.
 """
 

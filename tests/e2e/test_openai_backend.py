@@ -238,7 +238,7 @@ def test_streaming_reply_mode(make_project, monkeypatch, server):
 
 
 def test_a_missing_api_key_stops_the_run_before_any_request(make_project, monkeypatch, server):
-    # Was exit 3 after failing every attempt; the pre-flight (orch.preflight) now says it once.
+    # Was exit 3 after failing every attempt; the pre-flight (orch.engine.preflight) now says it once.
     project = openai_project(make_project, monkeypatch, server, agent={"reply_file": "out.md"})
     monkeypatch.delenv("FAKE_OPENAI_KEY")
 

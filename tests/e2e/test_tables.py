@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from orch.views import column_widths
+from orch.observe.views import column_widths
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 IDS = [

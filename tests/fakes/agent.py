@@ -74,6 +74,7 @@ def log_invocation(partition: str, action: str, prompt: str, cli: bool = False) 
         "ts": time.time(),
         "action": action,
         "prompt_bytes": len(prompt),
+        "cwd": os.getcwd(),
     }
     if cli:
         record["argv"] = sys.argv[1:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orch.blueprints import (
+from orch.config.blueprints import (
     PROVIDED,
     check_params,
     convert_placeholders,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.documents import LineDict, LineList, load_document, parse_yaml, read_text
+from orch.config.documents import LineDict, LineList, load_document, parse_yaml, read_text
 from orch.errors import ConfigError
 
 
@@ -281,8 +281,8 @@ def test_crlf_is_read_as_newlines_as_in_text_mode(tmp_path):
 
 
 def test_a_file_past_the_size_bound_is_refused_unread(tmp_path, monkeypatch):
-    import orch.documents
+    import orch.config.documents
 
-    monkeypatch.setattr(orch.documents, "MAX_FILE_BYTES", 8)
+    monkeypatch.setattr(orch.config.documents, "MAX_FILE_BYTES", 8)
     error = load_error(write(tmp_path, "r.yaml", "- a\n- b\n- c\n"))
     assert error.message == "references/r.yaml: cannot read: larger than 8 bytes"

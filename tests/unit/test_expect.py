@@ -1,4 +1,4 @@
-"""Expect rules (orch.expect): each rule's finding, the `known` shortcut, schemas."""
+"""Expect rules (orch.store.checks): each rule's finding, the `known` shortcut, schemas."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from orch.config.project import ExpectRule
 from orch.errors import ConfigError
-from orch.expect import Finding, SchemaStore, check_outputs
-from orch.project import ExpectRule
+from orch.store.checks import Finding, SchemaStore, check_outputs
 
 SOURCES_SCHEMA = {
     "type": "object",
@@ -546,7 +546,7 @@ def test_a_fifo_named_by_a_rule_is_not_a_regular_file_and_never_opened(part: Pat
 
 
 def test_open_regular_refuses_a_fifo_at_once(part: Path):
-    from orch.expect import open_regular
+    from orch.store.checks import open_regular
 
     os.mkfifo(part / "pipe")
     with pytest.raises(OSError, match="not a regular file"):

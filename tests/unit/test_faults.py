@@ -1,4 +1,4 @@
-"""Faults in orch's own path (orch.faults) and records that must not fail the run (orch.runlog)."""
+"""Faults in orch's own path (orch.store.faults) and records that must not fail a run (orch.store.runlog)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orch.faults import describe, error_class_of, is_disk_fault, traceback_of
-from orch.runlog import RunLog
+from orch.store.faults import describe, error_class_of, is_disk_fault, traceback_of
+from orch.store.runlog import RunLog
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT])

@@ -1,4 +1,4 @@
-"""Lock probing (orch.lockprobe, orch.state.is_locked): it sees held locks and never takes one."""
+"""Lock probing (orch.store.lockprobe, orch.store.state.is_locked): it sees held locks and never takes one."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orch import lockprobe
-from orch.state import PartitionLock, is_locked, lock_path
+from orch.store import lockprobe
+from orch.store.state import PartitionLock, is_locked, lock_path
 
 needs_proc_locks = pytest.mark.skipif(not lockprobe.PROC_LOCKS.exists(), reason="no /proc/locks here")
 

@@ -22,7 +22,7 @@ from orch.observe.events import (
     latest_run,
     list_runs,
 )
-from orch.runlog import RunLog
+from orch.store.runlog import RunLog
 
 SRC = Path(__file__).parent.parent.parent / "src" / "orch"
 

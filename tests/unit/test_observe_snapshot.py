@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from orch.config.project import load_project
+from orch.config.workspace import Workspace
 from orch.errors import UsageError
 from orch.observe.events import Event
 from orch.observe.snapshot import Phase, RunProgress, take_snapshot
-from orch.project import load_project
-from orch.workspace import Workspace
 from tests.conftest import Project
 
 T0 = 1_000_000.0

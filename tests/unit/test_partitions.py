@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from orch.config.partitions import ALL_ID, Partition, PartitionIndex, check_partition_id, sort_key
+from orch.config.project import load_project
 from orch.errors import ConfigError, PartitionError, UsageError
-from orch.partitions import ALL_ID, Partition, PartitionIndex, check_partition_id, sort_key
-from orch.project import load_project
 
 
 def make_index(root: Path, config: str, files: dict[str, str]) -> PartitionIndex:
@@ -611,7 +611,7 @@ def test_output_through_a_symlink_into_a_project_directory_is_refused(tmp_path, 
 
 
 def test_blueprint_outside_the_project_is_refused(tmp_path):
-    from orch.blueprints import load_blueprint
+    from orch.config.blueprints import load_blueprint
 
     (tmp_path / "p").mkdir()
     (tmp_path / "secret.md").write_text("x\n")

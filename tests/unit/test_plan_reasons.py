@@ -1,4 +1,4 @@
-"""Why a partition is stale (orch.plan.stale_reason): one reason per changed fingerprint part."""
+"""Why a partition is stale (orch.engine.plan.stale_reason): one reason per changed fingerprint part."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from types import MappingProxyType
 
 import pytest
 
-from orch.partitions import Partition
-from orch.plan import prompt_change, stale_reason
-from orch.project import Stage
-from orch.state import Manifest
-from orch.workspace import Fingerprint, digest
+from orch.config.partitions import Partition
+from orch.config.project import Stage
+from orch.config.workspace import Fingerprint, digest
+from orch.engine.plan import prompt_change, stale_reason
+from orch.store.state import Manifest
 
 STAGE = Stage(name="synthesis", blueprint="agents/x.md", output="data/synthesis/<ID>")
 PARTITION = Partition(

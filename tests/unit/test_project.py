@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.errors import ConfigError
-from orch.project import (
+from orch.config.project import (
     CONFIG_NAME,
     ExpectRule,
     FanIn,
@@ -18,6 +17,7 @@ from orch.project import (
     load_project,
     parse_duration,
 )
+from orch.errors import ConfigError
 
 # Line 1 is `stages:`; a stage's own keys start on line 6 (see `with_stage_keys`).
 ONE_STAGE = """\
@@ -340,7 +340,8 @@ def test_retry_on_typo_suggests_class(tmp_path):
         == "orch.yaml:6: stages.work.retry_on[1]: unknown retry class 'chekcs'; did you mean 'checks'?"
     )
     assert error.hint == (
-        "use timeout, checks, agent_error, http_429, http_5xx, request_error or an exit code such as 1"
+        "use timeout, checks, agent_error, http_429, http_5xx, request_error, worker_lost "
+        "or an exit code such as 1"
     )
 
 
@@ -348,7 +349,7 @@ def test_retry_on_must_be_a_list(tmp_path):
     error = load_error(tmp_path, with_stage_keys("retry_on: timeout\n"))
     assert error.message == (
         "orch.yaml:6: stages.work.retry_on: expected a list of timeout, checks, agent_error, "
-        "http_429, http_5xx, request_error or exit codes, got 'timeout'"
+        "http_429, http_5xx, request_error, worker_lost or exit codes, got 'timeout'"
     )
 
 

@@ -1,4 +1,4 @@
-"""Adaptive concurrency (AIMD), request pacing and the cool-down gate of orch.ratelimit."""
+"""Adaptive concurrency (AIMD), request pacing and the cool-down gate of orch.executors.limits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from orch.ratelimit import RETRY_AFTER_CAP_S, AdaptiveConcurrency, AgentLimiter, RequestPacer, Ticket
+from orch.executors.limits import RETRY_AFTER_CAP_S, AdaptiveConcurrency, AgentLimiter, RequestPacer, Ticket
 
 
 class FakeClock:

@@ -13,9 +13,9 @@ import pytest
 
 from orch.backends import AttemptSpec
 from orch.backends.rehearsal import LABEL, RehearsalBackend, example_instance
+from orch.config.project import ExpectRule
 from orch.errors import ConfigError
-from orch.expect import SchemaStore, check_outputs
-from orch.project import ExpectRule
+from orch.store.checks import SchemaStore, check_outputs
 
 REPO_SCHEMAS = Path(__file__).parents[2] / "references" / "schemas"
 

@@ -1,4 +1,4 @@
-"""A run's records (orch.runlog): events.jsonl and wip/notes.md."""
+"""A run's records (orch.store.runlog): events.jsonl and wip/notes.md."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from orch.redact import Redactor
-from orch.runlog import RunLog, new_run_id, read_events
+from orch.store.runlog import RunLog, new_run_id, read_events
 
 RUN_ID = "20250101T000000Z-42"
 

@@ -1,4 +1,4 @@
-"""On-disk state (orch.state): manifests, atomic writes, promotion, archives, locks."""
+"""On-disk state (orch.store.state): manifests, atomic writes, promotion, archives, locks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.state import (
+from orch.store.state import (
     Manifest,
     OutputFile,
     PartitionLock,
@@ -318,7 +318,7 @@ def test_lock_held_by_a_killed_process_is_free(tmp_path: Path):
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from orch.state import PartitionLock\n"
+        "from orch.store.state import PartitionLock\n"
         "lock = PartitionLock(Path(sys.argv[1]), 'research', 'p1')\n"
         "assert lock.try_acquire()\n"
         "print('locked', flush=True)\n"
@@ -347,7 +347,7 @@ def test_lock_held_by_a_killed_process_is_free(tmp_path: Path):
 
 
 def test_promote_many_commits_a_batch_and_isolates_a_failing_item(tmp_path: Path):
-    from orch.state import promote_many
+    from orch.store.state import promote_many
 
     items = []
     for pid in ("p1", "p2"):
@@ -374,8 +374,8 @@ def test_promote_many_commits_a_batch_and_isolates_a_failing_item(tmp_path: Path
 def test_scan_outputs_refuses_names_that_are_not_utf8_fifos_sockets_and_deep_trees(tmp_path: Path):
     import socket
 
-    from orch.expect import Finding
-    from orch.state import scan_outputs
+    from orch.store.checks import Finding
+    from orch.store.state import scan_outputs
 
     part = tmp_path / "p1"
     (part / ".orch").mkdir(parents=True)
@@ -401,14 +401,14 @@ def test_scan_outputs_refuses_names_that_are_not_utf8_fifos_sockets_and_deep_tre
 
 
 def test_scan_outputs_of_a_removed_directory_is_a_finding(tmp_path: Path):
-    from orch.state import scan_outputs
+    from orch.store.state import scan_outputs
 
     [finding], outputs = scan_outputs(tmp_path / "gone")
     assert (finding.file, finding.rule, outputs) == (".", "exists", [])
 
 
 def test_hash_file_never_follows_a_symlink_nor_opens_a_fifo(tmp_path: Path):
-    from orch.state import hash_file
+    from orch.store.state import hash_file
 
     (tmp_path / "real").write_text("x")
     (tmp_path / "link").symlink_to(tmp_path / "real")
@@ -421,7 +421,7 @@ def test_hash_file_never_follows_a_symlink_nor_opens_a_fifo(tmp_path: Path):
 
 @pytest.mark.parametrize("name", ["manifest.json", "agent.log", "prompt.md", "error.json"])
 def test_check_staging_finds_orch_files_replaced_by_links(tmp_path: Path, name: str):
-    from orch.state import check_staging
+    from orch.store.state import check_staging
 
     staging = tmp_path / ".p1.attempt-1"
     (staging / ".orch").mkdir(parents=True)
@@ -431,7 +431,7 @@ def test_check_staging_finds_orch_files_replaced_by_links(tmp_path: Path, name: 
 
 
 def test_write_meta_refuses_an_orch_dir_replaced_by_a_link(tmp_path: Path):
-    from orch.state import UnsafeMetadata, write_meta
+    from orch.store.state import UnsafeMetadata, write_meta
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -444,7 +444,7 @@ def test_write_meta_refuses_an_orch_dir_replaced_by_a_link(tmp_path: Path):
 
 
 def test_write_meta_replaces_a_planted_symlink_or_hard_link_never_writing_through_it(tmp_path: Path):
-    from orch.state import write_meta
+    from orch.store.state import write_meta
 
     secret = tmp_path / "secret.txt"
     secret.write_text("keep")
@@ -494,7 +494,7 @@ def test_archive_attempt_of_a_staging_dir_replaced_by_a_link(tmp_path: Path):
 
 
 def test_promote_many_fails_only_the_item_whose_manifest_cannot_be_written(tmp_path: Path):
-    from orch.state import promote_many
+    from orch.store.state import promote_many
 
     data = tmp_path / "data" / "research"
     good = make_staging(data / "p1", 1, {"a.md": "a"})

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from orch.project import load_project
+from orch.config.project import load_project
+from orch.config.workspace import Workspace
 from orch.web.app import make_app
-from orch.workspace import Workspace
 from tests.conftest import Project
 
 EVIL = (

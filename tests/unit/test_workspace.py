@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import orch.workspace
+import orch.config.workspace
+from orch.config.partitions import Partition
+from orch.config.workspace import InputView
 from orch.errors import BlueprintError
-from orch.partitions import Partition
-from orch.workspace import InputView
 
 
 def view(root: Path) -> InputView:
@@ -49,7 +49,7 @@ def test_read_refuses_a_fifo_without_waiting(tmp_path):
 
 
 def test_read_refuses_a_file_past_the_bound(tmp_path, monkeypatch):
-    monkeypatch.setattr(orch.workspace, "MAX_INPUT_BYTES", 10)
+    monkeypatch.setattr(orch.config.workspace, "MAX_INPUT_BYTES", 10)
     child = view(tmp_path)
     (tmp_path / "data/s/a/out.md").write_text("x" * 11)
     assert read_error(child, "out.md").endswith("larger than 10 bytes, the bound for inlining an input")

@@ -14,17 +14,21 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
 
+from orch.config.project import AgentConfig, ExpectRule
 from orch.errors import ConfigError, did_you_mean
-from orch.project import AgentConfig, ExpectRule
 
 BACKENDS = {
     "rehearsal": "orch.backends.rehearsal",
     "command": "orch.backends.command",
     "openai": "orch.backends.openai",
 }
-COMMON_KEYS = frozenset({"backend", "description", "max_concurrency", "requests_per_minute"})
-#: Settings that change how fast orch calls an agent, not what it produces.
-NOT_FINGERPRINTED = frozenset({"description", "max_concurrency", "requests_per_minute"})
+COMMON_KEYS = frozenset(
+    {"backend", "description", "max_concurrency", "requests_per_minute", "resources", "run_on_cluster"}
+)
+#: Settings that change how fast (or where) orch calls an agent, not what it produces.
+NOT_FINGERPRINTED = frozenset(
+    {"description", "max_concurrency", "requests_per_minute", "resources", "run_on_cluster"}
+)
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,12 @@ class AttemptResult:
             Not proof of completeness: the expect rules decide that.
         error: One line saying what went wrong, for notes and manifests.
         error_class: `timeout`, `exit`, `agent_error`, `http_429`, `http_5xx`,
-            `request_error`, `interrupted` or `checks` (see `orch.project.RETRY_CLASSES`).
+            `request_error`, `interrupted`, `checks` or `worker_lost` (see
+            `orch.config.project.RETRY_CLASSES`).
         exit_code: The process exit code, for the command backend.
         usage: Tokens and cost, when known.
         retry_after_s: A server's Retry-After, honoured by the backoff.
+        worker: The Dask worker that ran the attempt (None when run here).
     """
 
     ok: bool
@@ -132,6 +138,7 @@ class AttemptResult:
     exit_code: int | None = None
     usage: Usage | None = None
     retry_after_s: float | None = None
+    worker: str | None = None
 
 
 class Backend(Protocol):
@@ -185,6 +192,10 @@ def validate_agent(name: str, raw: Any, where: str, line: int) -> AgentConfig:
             isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
         ):
             raise ConfigError(f"{where} {key}: expected a number > 0, got {value!r}")
+    if "resources" in settings or "run_on_cluster" in settings:
+        from orch.config.executor import check_agent_placement
+
+        check_agent_placement(settings, where)
     settings = module.normalize(settings, where)
     return AgentConfig(name=name, backend=backend, settings=MappingProxyType(settings), line=line)
 

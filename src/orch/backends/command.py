@@ -2,7 +2,7 @@
 
 The agent runs in the attempt's staging directory, in its own process group
 (killed whole: TERM, grace, KILL, on timeout or interrupt; whatever it left
-running is ended with the attempt, see `orch.processes`), with the prompt
+running is ended with the attempt, see `orch.executors.processes`), with the prompt
 on stdin (or as an argument, or a file path), stdin otherwise `/dev/null`,
 stdout and stderr appended to `.orch/agent.log`, and `ORCH_*` variables in
 its environment (DESIGN.md §6). Exit 0 alone never proves success.
@@ -28,9 +28,9 @@ from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec
 from orch.backends.usage import PARSERS, AgentReport, parse_report
+from orch.config.project import AgentConfig, parse_duration
 from orch.errors import ConfigError, did_you_mean
-from orch.processes import Containment
-from orch.project import AgentConfig, parse_duration
+from orch.executors.processes import Containment
 from orch.redact import Redactor
 
 SETTINGS = {
@@ -192,7 +192,7 @@ def create(agent: AgentConfig) -> CommandBackend:
 
 def _executable(name: str, root: Path, path_env: str | None) -> str | None:
     """Resolve argv[0]: a bare name on PATH; a relative path against the project
-    root `root` (not the staging directory the agent runs in; orch.preflight)."""
+    root `root` (not the staging directory the agent runs in; orch.engine.preflight)."""
     if os.sep in name:
         candidate = name if os.path.isabs(name) else os.path.join(root, name)
         return candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
@@ -210,7 +210,7 @@ class CommandBackend:
         self.kill_grace_s: float = float(agent.settings.get("kill_grace", 5.0))
         self.usage: str = agent.settings.get("usage", "none")
         self.reply_file: str | None = agent.settings.get("reply_file")
-        # every process an agent starts ends with its attempt (orch.processes);
+        # every process an agent starts ends with its attempt (orch.executors.processes);
         # the executor shares one Containment between backends (use_containment)
         self._containment = Containment()
         self._own_containment = True

@@ -33,9 +33,9 @@ from typing import IO, Any
 from orch.backends import AttemptResult, AttemptSpec, Usage
 from orch.backends.command import check_relative_file
 from orch.backends.usage import checked_usage
+from orch.config.project import AgentConfig, parse_duration
 from orch.errors import ConfigError, did_you_mean
-from orch.project import AgentConfig, parse_duration
-from orch.ratelimit import AgentLimiter
+from orch.executors.limits import AgentLimiter
 from orch.redact import Redactor
 
 SETTINGS = {

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec, Usage
+from orch.config.project import AgentConfig, ExpectRule, parse_duration
 from orch.errors import ConfigError
-from orch.expect import SchemaStore
-from orch.project import AgentConfig, ExpectRule, parse_duration
+from orch.store.checks import SchemaStore
 
 SETTINGS = {"delay": "seconds to wait before writing, to rehearse latency (e.g. 0.5s)"}
 NOT_FINGERPRINTED = frozenset({"delay"})

@@ -1,1 +1,1 @@
-"""The run engine: the partition lifecycle (no I/O), pure run policies, and the runtime driving them."""
+"""The run engine: planning, the partition lifecycle (no I/O), pure run policies, and the async runtime."""

@@ -1,6 +1,6 @@
 """Typed run events, and the reader that follows `wip/runs/<run-id>/events.jsonl` from a byte offset.
 
-The log is written by `orch.runlog.RunLog`: one JSON object per line, flushed
+The log is written by `orch.store.runlog.RunLog`: one JSON object per line, flushed
 as it happens. This module only reads it, in binary, and never trusts it.
 """
 
@@ -28,7 +28,7 @@ PROBE_BYTES = 64 << 10
 
 
 class EventName(StrEnum):
-    """Every event name `orch.scheduler` writes; the values are the strings on disk."""
+    """Every event name `orch.engine.runtime` writes; the values are the strings on disk."""
 
     RUN_STARTED = "run_started"
     STARTED = "started"
@@ -399,11 +399,23 @@ def is_process_alive(pid: int, started_before: float | None = None) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         pass
+    if _is_zombie(pid):  # killed, not yet reaped by its parent: it runs nothing any more
+        return False
     if started_before is None:
         return True
     process_started = _process_started_at(pid)
     # /proc/stat's boot time has 1 s resolution: allow 2 s of slack
     return process_started is None or process_started <= started_before + 2.0
+
+
+def _is_zombie(pid: int) -> bool:
+    """True if /proc says `pid` has exited and waits to be reaped (state Z or X)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"Z", b"X")
 
 
 def _process_started_at(pid: int) -> float | None:

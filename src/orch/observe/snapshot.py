@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orch.config.workspace import Workspace
+from orch.engine.plan import PartitionState, Planner, Status
 from orch.errors import UsageError
 from orch.observe.events import RunInfo, latest_run, list_runs, read_run
 from orch.observe.progress import (
@@ -23,8 +25,6 @@ from orch.observe.progress import (
     RunProgress,
     UsageTotals,
 )
-from orch.plan import PartitionState, Planner, Status
-from orch.workspace import Workspace
 
 __all__ = [
     "Failure",
@@ -211,7 +211,7 @@ def take_snapshot(
     """Look at the disk (shallow, like `orch status`) and join the run's live state.
 
     Reads manifests, directory listings and `wip/attempts/` through
-    `orch.plan.Planner` (size and mtime checks, no output re-reads), and the
+    `orch.engine.plan.Planner` (size and mtime checks, no output re-reads), and the
     run's `wip/runs/<run-id>/events.jsonl`. Writes nothing.
 
     Args:

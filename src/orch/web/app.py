@@ -18,14 +18,14 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from orch.config.workspace import Workspace
 from orch.errors import OrchError
-from orch.expect import META_DIR
 from orch.observe.events import READ_CHUNK_BYTES, EventName, EventReader, latest_run
 from orch.observe.snapshot import Snapshot, take_snapshot
-from orch.state import AGENT_LOG, ERROR, list_attempts, read_manifest
+from orch.store.checks import META_DIR
+from orch.store.state import AGENT_LOG, ERROR, list_attempts, read_manifest
 from orch.web import pages
 from orch.web.cache import SnapshotCache
-from orch.workspace import Workspace
 
 WORKSPACE: web.AppKey[ProjectWatch] = web.AppKey("workspace")
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
@@ -56,7 +56,7 @@ class ProjectWatch:
         """Return the workspace, reloaded first if its input files changed."""
         signature = self._signature()
         if signature != self.signature:
-            from orch.project import load_project
+            from orch.config.project import load_project
 
             try:
                 self.workspace = Workspace(load_project(self.root))
@@ -168,7 +168,7 @@ async def tree(request: web.Request) -> web.Response:
 
 async def partition(request: web.Request) -> web.Response:
     """Prompt beside outputs (raw and rendered), status, findings, attempts, manifest, stale diff."""
-    from orch.commands import show_partition
+    from orch.usecases import show_partition
 
     workspace = await _workspace(request)
     stage, pid = request.match_info["stage"], request.match_info["partition"]

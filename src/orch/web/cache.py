@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from orch.config.workspace import Workspace
 from orch.observe.events import latest_run
 from orch.observe.snapshot import Snapshot, take_snapshot
-from orch.workspace import Workspace
 
 # A reused snapshot older than this is refreshed in the background (seconds):
 # it bounds how long a change that leaves no event (a deleted output) stays unseen.

@@ -13,11 +13,11 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-from orch.expect import META_DIR
+from orch.config.workspace import Workspace
 from orch.observe.events import Event, EventName, EventReader
 from orch.observe.snapshot import PartitionView, Snapshot
-from orch.state import PROMPT, read_error
-from orch.workspace import Workspace
+from orch.store.checks import META_DIR
+from orch.store.state import PROMPT, read_error
 
 # Above this many partitions the tree page shows per-stage grids with a status filter.
 TREE_MAX_PARTITIONS = 2000
@@ -214,7 +214,7 @@ def read_text(path: Path, max_bytes: int = INLINE_MAX_BYTES) -> tuple[str | None
 
 
 def partition_page(workspace: Workspace, data: dict[str, Any]) -> dict[str, Any]:
-    """Add to `orch.commands.show_partition` data: outputs' text, prompt then, and the stale diff.
+    """Add to `orch.usecases.show_partition` data: outputs' text, prompt then, and the stale diff.
 
     Args:
         workspace: The loaded project.

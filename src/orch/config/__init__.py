@@ -1,0 +1,1 @@
+"""Configuration: load and validate orch.yaml, blueprints, partitions and documents into frozen records."""

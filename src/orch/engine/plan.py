@@ -1,0 +1,508 @@
+"""Decide each partition's status from disk, and explain it.
+
+Pure apart from reading: project × partitions × what is on disk → a
+`PartitionState` per partition (status, reason, fingerprint). `orch plan`,
+`orch status`, `orch barrier` and the scheduler all decide from here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from orch.config.partitions import Partition
+from orch.config.project import CONFIG_NAME, AgentConfig, Project, Stage
+from orch.config.workspace import ChildKey, Fingerprint, Workspace
+from orch.errors import StageBlocked, UsageError, did_you_mean
+from orch.store.checks import Finding, check_outputs
+from orch.store.integrity import find_modified
+from orch.store.state import (
+    STAGING_NAME,
+    Manifest,
+    is_locked,
+    list_attempts,
+    never_started,
+    read_error,
+    read_manifest,
+    read_prompt,
+    staging_dir,
+)
+
+
+class Status(Enum):
+    """A partition's status (DESIGN.md §5)."""
+
+    MISSING = "missing"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    INCOMPLETE = "incomplete"
+    MODIFIED = "modified"
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """What is true of one partition on disk now, and why.
+
+    Attributes:
+        partition: The partition.
+        status: Its status.
+        reason: One line: "missing", "failed: timeout after 20m (attempt #3)",
+            "stale: prompt changed (blueprint agents/02.deep_researcher.md)", ...
+        manifest: Its manifest if the directory holds a valid one.
+        fingerprint: The current fingerprint; None while inputs are not complete.
+        prompt: The current rendered prompt; None while inputs are not complete.
+        findings: Expect-rule failures of the promoted outputs (incomplete), or
+            outputs that no longer match the manifest (modified).
+        last_error: The latest failed attempt's error record, if any.
+        waiting_on: Upstream partitions that are not complete.
+        kept: Why a run leaves these outputs alone although the chosen agent
+            would redo them (real outputs are never replaced by the rehearsal
+            agent without --force); None otherwise.
+    """
+
+    partition: Partition
+    status: Status
+    reason: str
+    manifest: Manifest | None = None
+    fingerprint: Fingerprint | None = None
+    prompt: str | None = None
+    findings: tuple[Finding, ...] = ()
+    last_error: dict[str, Any] | None = None
+    waiting_on: tuple[ChildKey, ...] = field(default=())
+    kept: str | None = None
+
+    @property
+    def is_complete(self) -> bool:
+        """True when the partition is complete and up to date."""
+        return self.status is Status.COMPLETE
+
+
+AGENT_ENV = "ORCH_AGENT"
+REHEARSAL = "rehearsal"
+
+
+def choose_agent_override(
+    project: Project, flag: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """Return the run-wide agent override every command honours, or None.
+
+    The one rule (README "Configure a real agent"): a stage runs with
+    `--agent NAME` if given, else `$ORCH_AGENT` if set and not empty, else its
+    own `agent:` in orch.yaml, else `agents.default`. This function decides the
+    first two; `Planner.agent_for` applies the rest.
+
+    Raises:
+        UsageError: the name is not an agent of orch.yaml (with the nearest name).
+    """
+    source = ""
+    name = flag
+    if not name:
+        name = ((os.environ if environ is None else environ).get(AGENT_ENV) or "").strip() or None
+        source = f"{AGENT_ENV}: "
+    if name is None:
+        return None
+    if name not in project.agents:
+        raise UsageError(
+            f"{source}unknown agent '{name}'{did_you_mean(name, project.agents)}",
+            f"agents in {CONFIG_NAME}: {', '.join(project.agents)}",
+        )
+    return name
+
+
+class Planner:
+    """Assesses partitions of a workspace, memoizing per stage.
+
+    Args:
+        workspace: The loaded project.
+        agent_override: Agent name replacing every stage's agent (`--agent`);
+            None falls back to `$ORCH_AGENT` (see `choose_agent_override`).
+        deep: Re-check output contents in full (barrier); otherwise trust
+            promoted files whose size and mtime are unchanged.
+        lines: Name the changed prompt lines of stale partitions (reads each
+            one's `.orch/prompt.md`); off for counts-only views (`orch status`).
+
+    Raises:
+        UsageError: the override names no agent of orch.yaml.
+    """
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        agent_override: str | None = None,
+        deep: bool = False,
+        lines: bool = True,
+    ) -> None:
+        self.ws = workspace
+        self.agent_override = choose_agent_override(workspace.project, agent_override)
+        self.deep = deep
+        self.lines = lines
+        self._states: dict[str, dict[str, PartitionState]] = {}
+        self._listings: dict[str, dict[str, list[str]]] = {}
+        self._attempted: dict[str, set[str]] = {}
+
+    def agent_for(self, stage: Stage) -> AgentConfig:
+        """Return the agent a stage runs with: the override, the stage's, or the default."""
+        return self.ws.project.agent(self.agent_override or stage.agent)
+
+    def stage_states(self, name: str) -> list[PartitionState]:
+        """Return the state of every partition of stage `name`, in start order."""
+        if name not in self._states:
+            stage = self.ws.project.stage(name)
+            for upstream in stage.upstream:
+                self.stage_states(upstream)
+            agent = self.agent_for(stage)
+            self._states[name] = {
+                p.id: self.assess(p, agent, self.child_manifests(p))
+                for p in self.ws.partitions.for_stage(name)
+            }
+        return list(self._states[name].values())
+
+    def state(self, stage: str, partition_id: str) -> PartitionState:
+        """Return one partition's state."""
+        self.stage_states(stage)
+        return self._states[stage][partition_id]
+
+    def child_manifests(self, partition: Partition) -> dict[ChildKey, Manifest | None]:
+        """Return the manifests of `partition`'s children that are complete now."""
+        result: dict[ChildKey, Manifest | None] = {}
+        for key in partition.children:
+            child = self._states[key[0]][key[1]]
+            result[key] = child.manifest if child.is_complete else None
+        return result
+
+    def assess(
+        self,
+        partition: Partition,
+        agent: AgentConfig,
+        manifests: Mapping[ChildKey, Manifest | None],
+        holding_lock: bool = False,
+    ) -> PartitionState:
+        """Return the state of one partition given its children's manifests.
+
+        Args:
+            partition: The partition.
+            agent: The agent it runs with (part of the fingerprint).
+            manifests: Each child's manifest when complete, else None.
+            holding_lock: The caller holds the partition lock: look at the
+                disk afresh (no cached listing) and never report `running`.
+        """
+        stage = self.ws.project.stage(partition.stage)
+        out_dir = f"{self.ws.root}/{partition.out_dir}"
+        parent, _, name = out_dir.rpartition("/")
+        if holding_lock:
+            exists, staging = os.path.lexists(out_dir), False
+        else:
+            listing = self._listing(parent)
+            exists, staging = name in listing.get("", ()), name in listing
+        manifest = read_manifest(out_dir) if exists else None
+        if staging and is_locked(self.ws.root, partition.stage, partition.id):
+            newest = staging_dir(Path(out_dir), max(self.staging_numbers(partition)))
+            if never_started(newest):  # prepared ahead of its slot (orch.engine.runtime)
+                reason = "queued in another orch process (locked and prepared; its agent has not started)"
+            else:
+                reason = "running in another orch process"
+            return PartitionState(partition, Status.RUNNING, reason, manifest)
+        waiting = tuple(k for k in partition.children if manifests.get(k) is None)
+        if waiting:
+            names = ", ".join(f"{s}/{p}" for s, p in waiting[:3])
+            more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+            if manifest:
+                return PartitionState(
+                    partition,
+                    Status.STALE,
+                    f"stale: input {names}{more} is not complete",
+                    manifest,
+                    waiting_on=waiting,
+                )
+            return PartitionState(
+                partition, Status.MISSING, f"missing; waiting for {names}{more}", waiting_on=waiting
+            )
+        prompt = self.ws.render(partition, manifests)
+        fingerprint = self.ws.fingerprint(partition, prompt, agent, manifests)
+        if manifest is not None:
+            return self._judge(partition, stage, agent, manifest, fingerprint, prompt, manifests)
+        if exists:
+            return PartitionState(
+                partition,
+                Status.INCOMPLETE,
+                "incomplete: directory has no valid .orch/manifest.json",
+                None,
+                fingerprint,
+                prompt,
+                (Finding(".orch/manifest.json", "exists", "missing or invalid"),),
+            )
+        error = self.last_error(partition)
+        if error is not None:
+            return PartitionState(
+                partition,
+                Status.FAILED,
+                f"failed: {error.get('error', 'unknown error')} (attempt #{error.get('n', '?')})",
+                None,
+                fingerprint,
+                prompt,
+                last_error=error,
+            )
+        return PartitionState(partition, Status.MISSING, "missing", None, fingerprint, prompt)
+
+    def _judge(
+        self,
+        partition: Partition,
+        stage: Stage,
+        agent: AgentConfig,
+        manifest: Manifest,
+        fingerprint: Fingerprint,
+        prompt: str,
+        manifests: Mapping[ChildKey, Manifest | None],
+    ) -> PartitionState:
+        """Judge promoted outputs: complete, stale, incomplete, failed since, or kept.
+
+        Outputs a real agent made are judged against that agent's fingerprint
+        when the rehearsal agent is chosen, and kept (never replaced) either way.
+        """
+        maker_name = str(manifest.agent.get("name", "?"))
+        kept = None
+        compare = fingerprint
+        if agent.backend == REHEARSAL and manifest.agent.get("backend", REHEARSAL) != REHEARSAL:
+            kept = (
+                f"made by agent {maker_name}; the rehearsal agent {agent.name} does not replace "
+                "real outputs (use --force)"
+            )
+            maker = self.ws.project.agents.get(maker_name)
+            if maker is not None and maker.backend != REHEARSAL:
+                compare = self.ws.fingerprint(partition, prompt, maker, manifests)
+        findings: tuple[Finding, ...] = ()
+        out_dir = f"{self.ws.root}/{partition.out_dir}"
+        if manifest.fingerprint != compare.value:
+            old_prompt = (
+                read_prompt(out_dir)
+                if self.lines and manifest.parts.get("prompt") != compare.prompt
+                else None
+            )
+            reason = stale_reason(manifest, compare, partition, stage, old_prompt, prompt)
+            status = Status.STALE
+        else:
+            found = check_outputs(
+                out_dir,
+                stage.expect,
+                self.ws.schemas,
+                None if self.deep else manifest.known_outputs(),
+            )
+            status, findings = (Status.INCOMPLETE, tuple(found)) if found else (Status.COMPLETE, ())
+            reason = f"incomplete: {found[0]}" if found else "complete"
+            changed = [] if found else find_modified(out_dir, manifest.outputs, self.deep)
+            if changed:
+                status, findings = Status.MODIFIED, tuple(changed)
+                reason = f"modified: {changed[0].file}: {changed[0].detail}"
+        failure = self._failed_since(partition, manifest)
+        if failure is not None and status in (Status.COMPLETE, Status.STALE):
+            status, findings = Status.FAILED, ()
+            reason = (
+                f"failed in attempt {failure.get('n', '?')} with agent {failure.get('agent')}: "
+                f"{failure.get('error', 'unknown error')} (the outputs in place are attempt "
+                f"{manifest.attempt}'s, by agent {maker_name})"
+            )
+        if kept is not None:
+            reason = kept if status is Status.COMPLETE else f"{reason}; kept: {kept}"
+        return PartitionState(
+            partition, status, reason, manifest, fingerprint, prompt, findings, failure, kept=kept
+        )
+
+    def _failed_since(self, partition: Partition, manifest: Manifest) -> dict[str, Any] | None:
+        """The error of a newer attempt by another agent than the outputs' maker, if the latest failed.
+
+        That is an override run (`--agent X`) that failed where other outputs
+        stood: the partition shows as failed, not as the older outputs' status.
+        """
+        archived = self.archived(partition)
+        if not archived or archived[-1][0] <= manifest.attempt:
+            return None
+        error = read_error(Path(archived[-1][1]))
+        if not error or error.get("outcome") != "failed" or not error.get("agent"):
+            return None
+        return error if error["agent"] != manifest.agent.get("name") else None
+
+    def _listing(self, parent: str) -> dict[str, list[str]]:
+        """Map directory name -> staging attempt numbers, and "" -> names present."""
+        if parent not in self._listings:
+            listing: dict[str, list[str]] = {"": []}
+            try:
+                names = os.listdir(parent)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                match = STAGING_NAME.match(name)
+                if match:
+                    listing.setdefault(match.group("pid"), []).append(match.group("n"))
+                else:
+                    listing[""].append(name)
+            listing[""] = set(listing[""])  # type: ignore[assignment]
+            self._listings[parent] = listing
+        return self._listings[parent]
+
+    def staging_numbers(self, partition: Partition) -> list[int]:
+        """Attempt numbers of the partition's staging dirs seen when first looked at."""
+        parent, name = os.path.split(os.path.join(self.ws.root, partition.out_dir))
+        return sorted(int(n) for n in self._listing(parent).get(name, []))
+
+    def last_attempt_number(
+        self, partition: Partition, manifest: Manifest | None, removed: Set[int] = frozenset()
+    ) -> int:
+        """The highest attempt number on disk: the manifest's, archived, or staging.
+
+        `removed`: staging numbers deleted since the directory was listed.
+        """
+        seen = [manifest.attempt] if manifest else []
+        seen += [n for n, _ in self.archived(partition)]
+        seen += [n for n in self.staging_numbers(partition) if n not in removed]
+        return max(seen, default=0)
+
+    def has_staging(self, partition: Partition) -> bool:
+        """True if a staging directory of the partition was seen on disk."""
+        parent, name = os.path.split(os.path.join(self.ws.root, partition.out_dir))
+        return name in self._listing(parent)
+
+    def archived(self, partition: Partition) -> list[tuple[int, str]]:
+        """Return `(n, path)` of the partition's attempts kept in wip/attempts/, oldest first.
+
+        Lists `wip/attempts/<stage>/` once per stage, so partitions that never
+        failed cost no system call.
+        """
+        if partition.stage not in self._attempted:
+            base = os.path.join(self.ws.root, "wip", "attempts", partition.stage)
+            try:
+                self._attempted[partition.stage] = set(os.listdir(base))
+            except FileNotFoundError:
+                self._attempted[partition.stage] = set()
+        if partition.id not in self._attempted[partition.stage]:
+            return []
+        return [(n, str(path)) for n, path in list_attempts(self.ws.root, partition.stage, partition.id)]
+
+    def last_error(self, partition: Partition) -> dict[str, Any] | None:
+        """Return the error record of the partition's latest failed attempt, if any."""
+        for _, path in reversed(self.archived(partition)):
+            error = read_error(Path(path))
+            if error is not None:
+                return error
+        return None
+
+
+def stale_reason(
+    manifest: Manifest,
+    fp: Fingerprint,
+    partition: Partition,
+    stage: Stage,
+    old_prompt: str | None = None,
+    new_prompt: str | None = None,
+) -> str:
+    """Explain which input of the fingerprint changed, most specific first.
+
+    Names the changed children, row fields, var or agent keys (manifests
+    written before per-key hashes were stored name none), and the first
+    changed prompt lines when both prompts are given (`old_prompt`: the
+    partition's `.orch/prompt.md`).
+    """
+    old = manifest.parts
+    if old.get("inputs") != dict(fp.inputs):
+        before = old.get("inputs") or {}
+        changed = [k.split("/", 1)[1] for k, v in fp.inputs.items() if before.get(k) != v]
+        changed += [k.split("/", 1)[1] for k in before if k not in fp.inputs]
+        if changed:
+            label = "child" if len(changed) == 1 else "children"
+            return f"stale: {label} {_first(changed)} changed"
+    if old.get("prompt") != fp.prompt:
+        now = fp.explain()
+        where = prompt_change(old_prompt, new_prompt)
+        if old.get("row") != now["row"]:
+            source = partition.source.split(":", 1)[0]
+            keys = changed_keys(old.get("row_keys"), fp.keys().get("row_keys"))
+            return f"stale: {source} row changed" + (f" (field {_first(keys)})" if keys else "")
+        if old.get("vars") != now["vars"]:
+            keys = changed_keys(old.get("vars_keys"), fp.keys().get("vars_keys"))
+            return f"stale: vars changed (orch.yaml{': ' + _first(keys) if keys else ''})"
+        if old.get("blueprint") != now["blueprint"]:
+            return f"stale: prompt changed{where} (blueprint {stage.blueprint})"
+        return f"stale: prompt changed{where}"
+    if old.get("agent") != fp.agent:
+        keys = changed_keys(old.get("agent_keys"), fp.keys().get("agent_keys"))
+        return "stale: agent settings changed" + (f" ({_first(keys)})" if keys else "")
+    if old.get("expect") != fp.expect:
+        return "stale: expect rules changed"
+    return "stale: fingerprint changed"
+
+
+def changed_keys(before: Any, now: Any) -> list[str]:
+    """Keys whose value hash differs between two `key -> hash` maps (added and removed too).
+
+    Returns [] when either map is absent (a manifest from before per-key hashes).
+    """
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return []
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
+def prompt_change(old: str | None, new: str | None) -> str:
+    """Describe where `new` differs from `old`: " at line 3", " at lines 3-9, whitespace only".
+
+    Lines are 1-based lines of the new prompt, from the first to the last that
+    differ (two linear scans: `orch status` may explain thousands of stale
+    partitions; a full diff is `orch plan --diff`). "" when either prompt is
+    unknown or they are equal.
+    """
+    if old is None or new is None or old == new:
+        return ""
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    first = next(
+        (i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=False)) if a != b),
+        min(len(old_lines), len(new_lines)),
+    )
+    tail = next(
+        (i for i, (a, b) in enumerate(zip(reversed(old_lines), reversed(new_lines), strict=False)) if a != b),
+        min(len(old_lines), len(new_lines)),
+    )
+    keep = min(tail, len(old_lines) - first, len(new_lines) - first)  # common tail after `first`
+    window = (old_lines[first : len(old_lines) - keep], new_lines[first : len(new_lines) - keep])
+    blank = ", whitespace only" if " ".join(window[0]).split() == " ".join(window[1]).split() else ""
+    last = max(len(new_lines) - tail, first + 1)
+    first = min(first + 1, max(len(new_lines), 1))  # only the final newline differs: the last line
+    last = min(max(last, first), max(len(new_lines), 1))
+    where = f"line {first}" if first == last else f"lines {first}-{last}"
+    return f" at {where}{blank}"
+
+
+def _first(names: list[str], limit: int = 3) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def upstream_blockers(planner: Planner, stage: Stage, only: Iterable[str] | None = None) -> None:
+    """Refuse to start `stage` while an upstream partition it reads is not complete.
+
+    Raises:
+        StageBlocked: naming the upstream partitions that hold it back.
+    """
+    wanted = set(only) if only else None
+    blockers: list[str] = []
+    for partition in planner.ws.partitions.for_stage(stage.name):
+        if wanted is not None and partition.id not in wanted:
+            continue
+        for child_stage, child_id in partition.children:
+            child = planner.state(child_stage, child_id)
+            if not child.is_complete:
+                blockers.append(f"{child_stage}/{child_id} ({child.reason})")
+    if blockers:
+        unique = sorted(set(blockers))
+        shown = "\n  ".join(unique[:10]) + (
+            f"\n  ... and {len(unique) - 10} more" if len(unique) > 10 else ""
+        )
+        raise StageBlocked(
+            f"stage {stage.name} cannot start: the barrier of "
+            f"{', '.join(stage.upstream)} is not met:\n  {shown}",
+            f"run the upstream stage first (orch stage run {stage.upstream[0]}), "
+            "or run the whole pipeline with: orch run",
+        )

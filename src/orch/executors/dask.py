@@ -1,0 +1,263 @@
+"""`DaskExecutor`: run `command` agents' attempts on a Dask cluster.
+
+Each attempt of a `command` agent is one Dask task (`orch.executors.dask_worker.execute`)
+in its staging directory on the shared filesystem. Staging, checks, promotion,
+locks, events and admission (the per-agent limiter) stay here, so limits and
+429 adaptation stay global; `openai` and rehearsal attempts run here through a
+LocalExecutor sharing the same limiters, unless the agent says
+`run_on_cluster: true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orch.backends import AttemptResult, AttemptSpec
+from orch.config.executor import ExecutorConfig
+from orch.config.project import AgentConfig
+from orch.errors import ConfigError, UsageError
+from orch.executors import Admission, LocalExecutor
+from orch.executors.job import AttemptJob
+
+#: Bound on a broadcast kill (`client.run`; 7 ms measured on a quiet cluster).
+_KILL_WAIT_S = 10.0
+#: How long after the attempt's own timeout the orchestrator stops waiting for
+#: the worker to report it (the worker enforces the timeout itself).
+_TIMEOUT_SLACK_S = 30.0
+
+
+class DaskExecutor:
+    """Runs attempts on the Dask cluster at `config.scheduler` (see the module doc).
+
+    Args:
+        config: The executor settings (scheduler address, latency_wait_s).
+        project_root: The project root; every worker must see it at this path.
+    """
+
+    def __init__(self, config: ExecutorConfig, project_root: Path) -> None:
+        self.config = config
+        self.root = project_root
+        self._admission = Admission()
+        self._local = LocalExecutor(self._admission)
+        self._client: Any = None
+        self._token = uuid.uuid4().hex[:8]
+        self._seq = itertools.count()
+        #: Attempts submitted but not yet reported started by a worker: key -> on_start.
+        self._waiting: dict[str, Callable[..., None]] = {}
+
+    async def start(self) -> None:
+        """Connect, check every worker, kill agents a dead orchestrator left on them.
+
+        Raises:
+            ConfigError: the scheduler cannot be reached, no worker joins within
+                `connect_timeout_s`, or a worker cannot see the project or runs
+                another orch version (the message names the worker).
+        """
+        from distributed import Client
+
+        from orch import __version__
+        from orch.executors.dask_worker import check_worker, sweep_orphans
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        address, timeout_s = self.config.scheduler, self.config.connect_timeout_s
+        # closed by aclose() on any failure, so no half-made client warns at exit
+        self._client = Client(address, asynchronous=True, timeout=timeout_s, set_as_default=False)
+        try:
+            await asyncio.wait_for(self._client, timeout_s + 5)
+            await self._client.wait_for_workers(1, timeout=timeout_s)
+        except Exception as err:  # refused, timed out, or not a Dask scheduler at all (garbage replies)
+            await self.aclose()
+            raise ConfigError(
+                f"cannot use the Dask cluster at {address}: {_describe(err)}",
+                f"start `dask scheduler` and `orch worker {address}` on each host, or run without --executor",
+            ) from err
+        try:
+            await self._client.run_on_scheduler(_fail_fast)
+            reports = await self._client.run(check_worker, str(self.root), __version__)
+        except Exception as err:  # e.g. a worker without orch installed cannot unpickle the check
+            await self.aclose()
+            raise ConfigError(
+                f"cannot check the workers of {address}: {type(err).__name__}: {_describe(err)}",
+                f"start the workers with `orch worker {address}` where orch is installed",
+            ) from err
+        problems = [f"worker {w}: {why}" for w, why in sorted(reports.items()) if why]
+        if problems:
+            await self.aclose()
+            raise ConfigError(
+                "refusing to run on the Dask cluster: " + "; ".join(problems),
+                "every worker needs the project at the same path and the same orch version",
+            )
+        await self._client.run(sweep_orphans, str(self.root), sorted(reports))
+        self._client.subscribe_topic(self._topic, self._on_started)
+
+    @property
+    def _topic(self) -> str:
+        """The Dask event topic on which workers report this run's attempts starting."""
+        return f"orch-started-{self._token}"
+
+    def _on_started(self, event: tuple[float, Any]) -> None:
+        message = event[1]
+        on_start = self._waiting.pop(str(message.get("key")), None)
+        if on_start is not None:
+            on_start(worker=message.get("worker"))
+
+    def warm_up(self, agent: AgentConfig) -> None:
+        """Warm up an agent that runs here (nothing to do for cluster agents)."""
+        if not self._on_cluster(agent):
+            self._local.warm_up(agent)
+
+    def limit_of(self, agent: AgentConfig) -> int | None:
+        """Return the agent's concurrency limit now (global across the cluster)."""
+        return self._admission.limiter(agent).current_limit()
+
+    async def run(
+        self, agent: AgentConfig, spec: AttemptSpec, on_start: Callable[..., None] | None = None
+    ) -> AttemptResult:
+        """Run `spec`: on the cluster for a command agent, here otherwise.
+
+        On the cluster, `on_start(worker=ADDRESS)` is called once the worker
+        starts the attempt (not while it waits for a free slot).
+
+        Raises:
+            TimeoutError: the attempt ran past `spec.timeout_s` (its agent is stopped).
+        """
+        if not self._on_cluster(agent):
+            return await self._local.run(agent, spec, on_start)
+        if self._client is None:
+            await self.start()
+
+        async def call() -> AttemptResult:
+            return await self._submit(agent, spec, on_start)
+
+        result = await self._admission.admit(agent, spec, call)
+        if result.error_class == "timeout":
+            raise TimeoutError(result.error)
+        if result.ok and self.config.latency_wait_s > 0:
+            await asyncio.to_thread(wait_for_outputs, spec, self.config.latency_wait_s)
+        return result
+
+    async def _submit(
+        self, agent: AgentConfig, spec: AttemptSpec, on_start: Callable[..., None] | None
+    ) -> AttemptResult:
+        """One Dask task for the attempt; released as soon as it resolves."""
+        from distributed import KilledWorker
+
+        from orch.executors.dask_worker import execute
+
+        key = f"orch-{spec.stage}-{spec.partition}-{spec.attempt}-{self._token}-{next(self._seq)}"
+        resources = dict(agent.settings.get("resources") or {}) or None
+        if on_start is not None:
+            self._waiting[key] = on_start
+        future = self._client.submit(
+            execute, AttemptJob.of(agent, spec), key, self._topic, key=key, pure=False, resources=resources
+        )
+        try:
+            wait_s = spec.timeout_s + _TIMEOUT_SLACK_S if spec.timeout_s else None
+            result: AttemptResult = await asyncio.wait_for(future, wait_s)
+            late = self._waiting.pop(key, None)
+            if late is not None:  # the result overtook the worker's start report
+                late(worker=result.worker)
+            return result
+        except KilledWorker as err:
+            await self._stop(future, spec)
+            return AttemptResult(False, f"worker lost while running the attempt: {err}", "worker_lost")
+        except TimeoutError:
+            await self._stop(future, spec)
+            why = f"timeout after {spec.timeout_s:g}s (the worker did not report)"
+            return AttemptResult(False, why, "timeout")
+        except asyncio.CancelledError:
+            await self._stop(future, spec)
+            raise
+        except OSError as err:  # the scheduler or a worker connection went away
+            await self._stop(future, spec)
+            return AttemptResult(False, f"dask: {type(err).__name__}: {err}", "worker_lost")
+        except Exception as err:  # the task itself raised (an orch bug on the worker): this attempt only
+            await self._stop(future, spec)
+            return AttemptResult(False, f"dask task failed: {type(err).__name__}: {err}", "agent_error")
+        finally:
+            future.release()
+            never = self._waiting.pop(key, None)
+            if never is not None:  # failed or cancelled before a worker reported it started
+                never()
+
+    async def _stop(self, future: Any, spec: AttemptSpec) -> None:
+        """Cancel the task and kill the attempt's processes on every worker (bounded)."""
+        from orch.executors.dask_worker import kill_attempt
+
+        with contextlib.suppress(Exception):
+            await asyncio.shield(
+                asyncio.wait_for(self._kill(future, kill_attempt, str(spec.work_dir)), _KILL_WAIT_S)
+            )
+
+    async def _kill(self, future: Any, kill_attempt: Any, staging: str) -> None:
+        await self._client.cancel([future], force=True)
+        await self._client.run(kill_attempt, staging)
+
+    def _on_cluster(self, agent: AgentConfig) -> bool:
+        return agent.backend == "command" or bool(agent.settings.get("run_on_cluster"))
+
+    async def aclose(self) -> None:
+        """Close local backends and the connection to the cluster."""
+        await self._local.aclose()
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 10)
+
+
+def require_distributed() -> None:
+    """Raise UsageError unless dask's `distributed` package is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise UsageError(
+            "the dask executor needs dask and distributed, which are not installed",
+            "pip install 'orch[dask]' (on this host and on every worker host)",
+        )
+
+
+def _fail_fast(dask_scheduler: Any) -> None:
+    """A worker dying mid-attempt fails the task at once (KilledWorker), never a silent rerun."""
+    dask_scheduler.allowed_failures = 0
+
+
+def _describe(err: BaseException) -> str:
+    return str(err) or type(err).__name__
+
+
+def wait_for_outputs(spec: AttemptSpec, latency_wait_s: float) -> bool:
+    """Poll (os.stat) until the expected outputs appear in the staging directory (blocking).
+
+    A shared filesystem may show another host's files late. Waits at most
+    `latency_wait_s` seconds; the expect rules then decide as usual.
+
+    Returns:
+        True if every `file` rule's file and every `glob` rule's minimum count appeared.
+    """
+    deadline = time.monotonic() + latency_wait_s
+    while True:
+        if all(_present(spec.work_dir, rule.file, rule.glob, rule.min_count) for rule in spec.expect):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _present(root: Path, file: str | None, pattern: str | None, min_count: int) -> bool:
+    if file is not None:
+        try:
+            os.stat(root / file)
+        except OSError:
+            return False
+        return True
+    return len(glob.glob(str(root / str(pattern)), recursive=True)) >= min_count

@@ -1,0 +1,299 @@
+"""The Dask executor against a real cluster: a `dask scheduler` and two `orch worker`
+processes on 127.0.0.1, started once per session (issue 14).
+
+The fake agent runs on the workers, so its script and log paths travel in the
+agent's `env:` (workers do not share the test's environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, Project, default_config
+
+pytest.importorskip("distributed")
+
+
+class Cluster:
+    """A scheduler and its workers as subprocesses; `workers` maps name to address."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.workers: dict[str, str] = {}
+        self.address = ""
+
+    def _start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env.pop("ORCH_PROJECT", None)
+        with open(self.base / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(argv, cwd=self.base, env=env, stdout=log, stderr=log)
+        self.procs[name] = proc
+        return proc
+
+    def _wait_log(self, name: str, pattern: str, timeout_s: float = 60) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = (self.base / f"{name}.log").read_text(errors="replace")
+            match = re.search(pattern, text)
+            if match:
+                return match.group(1)
+            assert self.procs[name].poll() is None, f"{name} exited:\n{text}"
+            time.sleep(0.1)
+        raise AssertionError(f"{name} did not start within {timeout_s}s")
+
+    def start_scheduler(self) -> None:
+        argv = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+        self._start("scheduler", [*argv, "--port", "0", "--no-dashboard"])
+        self.address = self._wait_log("scheduler", r"Scheduler at:\s+(tcp://[0-9.:]+)")
+
+    def start_worker(self, name: str, resources: str, slots: int = 2) -> str:
+        argv = [sys.executable, "-m", "orch", "worker", self.address, "--slots", str(slots)]
+        self._start(name, [*argv, "--resources", resources, "--name", name])
+        self.workers[name] = self._wait_log(name, r"Start worker at:\s+(tcp://[0-9.:]+)")
+        return self.workers[name]
+
+    @property
+    def url(self) -> str:
+        """The `--executor` value for this cluster."""
+        return "dask://" + self.address.removeprefix("tcp://")
+
+    def kill(self, name: str) -> None:
+        self.procs[name].kill()
+        self.procs[name].wait(10)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs.values()):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """w1 offers fake=2; w2 offers fake=2, solo=1 and k=1 (2 slots each)."""
+    running = Cluster(tmp_path_factory.mktemp("dask"))
+    try:
+        running.start_scheduler()
+        running.start_worker("w1", "fake=2")
+        running.start_worker("w2", "fake=2,solo=1,k=1")
+        yield running
+    finally:
+        running.stop()
+
+
+def dask_config(project: Project, n_items: int = 4, resources: str = "fake", **stage: Any) -> dict[str, Any]:
+    config = default_config(n_items, **stage)
+    config["agents"]["fake"].update(
+        resources={resources: 1},
+        env={"FAKE_AGENT_SCRIPT": str(project.script_path), "FAKE_AGENT_LOG": str(project.log_path)},
+    )
+    return config
+
+
+@pytest.fixture
+def dask_project(make_project: Callable[..., Project]) -> Callable[..., Project]:
+    def make(n_items: int = 4, resources: str = "fake", **stage: Any) -> Project:
+        project = make_project(n_items)
+        project.config(dask_config(project, n_items, resources, **stage))
+        return project
+
+    return make
+
+
+def manifests(project: Project) -> dict[str, dict[str, Any]]:
+    return {
+        path.parent.parent.name: json.loads(path.read_text())
+        for path in sorted((project.root / "data/work").glob("*/.orch/manifest.json"))
+        if not path.parent.parent.name.startswith(".")  # staging directories
+    }
+
+
+def agents_alive(root: Path) -> list[int]:
+    """Pids of live processes whose ORCH_OUTPUT_DIR is under `root` (zombies excluded)."""
+    marker = b"ORCH_OUTPUT_DIR=" + os.fsencode(str(root))
+    alive = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{name}/environ").read_bytes()
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        if marker in environ and stat.rsplit(")", 1)[1].split()[0] != "Z":
+            alive.append(int(name))
+    return alive
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def one_agent_per_staging(project: Project) -> None:
+    cwds = Counter(record["cwd"] for record in project.invocations())
+    assert cwds and max(cwds.values()) == 1, cwds
+
+
+def test_dask_run_matches_a_local_run(cluster: Cluster, dask_project: Callable[..., Project]) -> None:
+    project = dask_project()
+    project.orch("run", check=True)
+    local = manifests(project)
+    project.orch("run", "--force", "--executor", cluster.url, check=True)
+    remote = manifests(project)
+    assert set(remote) == set(local) == {"item01", "item02", "item03", "item04"}
+    for item, manifest in remote.items():
+        assert manifest["fingerprint"] == local[item]["fingerprint"]
+        assert manifest["output_fingerprint"] == local[item]["output_fingerprint"]
+        assert manifest["attempts"][-1]["worker"] in cluster.workers.values()
+        assert "worker" not in local[item]["attempts"][-1]
+    assert (project.root / "data/work/item01/out.md").read_text().startswith("## Result")
+    run_dirs = sorted((project.root / "wip/runs").iterdir())
+    events = [json.loads(line) for line in (run_dirs[-1] / "events.jsonl").read_text().splitlines()]
+    started = [e for e in events if e["event"] == "started"]
+    assert len(started) == 4
+    assert {e["worker"] for e in started} <= set(cluster.workers.values())
+
+
+def test_executor_from_orch_yaml_and_a_failing_agent_retried(
+    cluster: Cluster, dask_project: Callable[..., Project]
+) -> None:
+    project = dask_project(retries=1)
+    config = dask_config(project, retries=1)
+    config["executor"] = {"kind": "dask", "scheduler": cluster.address, "latency_wait": "2s"}
+    project.config(config)
+    project.script({"default": {"action": "succeed"}, "item02": [{"action": "fail"}, {"action": "succeed"}]})
+    result = project.orch("run", check=True)
+    assert "4 completed now" in result.stdout + result.stderr
+    attempts = manifests(project)["item02"]["attempts"]
+    assert [a["outcome"] for a in attempts] == ["failed", "complete"]
+    assert attempts[0]["error_class"] == "exit"
+    one_agent_per_staging(project)
+
+
+def test_a_timeout_on_a_worker_stops_its_agents(
+    cluster: Cluster, dask_project: Callable[..., Project]
+) -> None:
+    project = dask_project(n_items=2, timeout="2s")
+    project.script({"default": {"action": "hang"}})
+    started = time.monotonic()
+    result = project.orch("stage", "run", "work", "--executor", cluster.url)
+    assert result.returncode == 3, result.stderr
+    assert "timeout after 2s" in result.stdout + result.stderr
+    assert time.monotonic() - started < 30
+    wait_until(lambda: not agents_alive(project.root), 5, "the hung agents to be gone")
+
+
+def test_ctrl_c_stops_the_agents_on_the_workers(
+    cluster: Cluster, dask_project: Callable[..., Project]
+) -> None:
+    project = dask_project(n_items=3)
+    project.script({"default": {"action": "hang"}})
+    proc = project.popen("stage", "run", "work", "--executor", cluster.url)
+    wait_until(lambda: len(project.invocations()) == 3, 30, "three agents to start")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    # kill_grace is 1s
+    wait_until(lambda: not agents_alive(project.root), 3, "the agents on the workers to be gone")
+
+
+def test_a_worker_without_the_resource_never_gets_its_attempts(
+    cluster: Cluster, dask_project: Callable[..., Project]
+) -> None:
+    project = dask_project(n_items=4, resources="solo")
+    project.orch("run", "--executor", cluster.url, check=True)
+    workers = {m["attempts"][-1]["worker"] for m in manifests(project).values()}
+    assert workers == {cluster.workers["w2"]}
+    status = project.orch("status", "work", "--json", check=True)
+    assert {row["worker"] for row in json.loads(status.stdout)["partitions"]} == workers
+    assert cluster.workers["w2"] in project.orch("status", "work", check=True).stdout
+
+
+@pytest.mark.chaos
+def test_kill_9_of_a_worker_mid_run(cluster: Cluster, dask_project: Callable[..., Project]) -> None:
+    """Agents need resource k: w2 has k=1, a worker started here has k=2 and is killed."""
+    victim = cluster.start_worker("victim", "k=2", slots=2)
+    project = dask_project(n_items=4, resources="k", retries=2)
+    project.script({"default": {"action": "sleep", "seconds": 3}})
+    proc = project.popen("run", "--executor", cluster.url)
+    wait_until(lambda: len(project.invocations()) >= 3, 30, "agents on both workers")
+    cluster.kill("victim")
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out + err
+    done = manifests(project)
+    assert len(done) == 4
+    assert all(m["attempts"][-1]["worker"] == cluster.workers["w2"] for m in done.values())
+    lost = [a for m in done.values() for a in m["attempts"] if a["error_class"] == "worker_lost"]
+    assert lost, "the victim ran some attempts"
+    assert victim not in {m["attempts"][-1]["worker"] for m in done.values()}
+    one_agent_per_staging(project)
+    wait_until(lambda: not agents_alive(project.root), 5, "nothing left running")
+
+
+@pytest.mark.chaos
+def test_kill_9_of_the_orchestrator_then_rerun(
+    cluster: Cluster, dask_project: Callable[..., Project]
+) -> None:
+    project = dask_project(n_items=4)
+    hang = {"action": "hang"}
+    project.script({"default": {"action": "succeed"}, "item03": hang, "item04": hang})
+    proc = project.popen("stage", "run", "work", "--executor", cluster.url)
+    wait_until(
+        lambda: len(manifests(project)) == 2 and len(project.invocations()) == 4, 30, "two done, two hung"
+    )
+    proc.kill()
+    proc.communicate(timeout=10)
+    wait_until(lambda: not agents_alive(project.root), 5, "the orphans to be killed")
+    project.script({"default": {"action": "succeed"}})
+    project.orch("stage", "run", "work", "--executor", cluster.url, check=True)
+    runs = Counter(record["partition"] for record in project.invocations())
+    assert runs == {"item01": 1, "item02": 1, "item03": 2, "item04": 2}
+    one_agent_per_staging(project)
+    assert not agents_alive(project.root)
+
+
+def test_executor_errors_exit_2(make_project: Callable[..., Project]) -> None:
+    project = make_project()
+    result = project.orch("run", "--executor", "dusk://x:1")
+    assert result.returncode == 2
+    assert "--executor: expected local or dask://host:port, got 'dusk://x:1'" in result.stderr
+    config = default_config()
+    config["executor"] = {"kind": "dask", "schedular": "tcp://127.0.0.1:1"}
+    project.config(config)
+    result = project.orch("run")
+    assert result.returncode == 2
+    assert "unknown key 'schedular'; did you mean 'scheduler'?" in result.stderr
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    config["executor"] = {"kind": "dask", "scheduler": address, "connect_timeout": "1s"}
+    project.config(config)
+    result = project.orch("run")
+    assert result.returncode == 2, result.stderr
+    assert f"cannot use the Dask cluster at {address}" in result.stderr
+    assert "Traceback" not in result.stderr

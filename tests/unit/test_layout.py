@@ -1,0 +1,127 @@
+"""The package layout: every module imports on its own, imports flow down the layers, modules stay small.
+
+The layering rule is STYLE.md's: only `orch.cli` imports click, nothing imports
+`orch.cli` (but `python -m orch`), and the engine never imports the interfaces
+(`orch.web`, `orch.cli`) or the terminal display (`orch.observe.display`).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orch
+
+PACKAGE_DIR = Path(orch.__file__).parent
+
+#: Modules over MAX_LINES today, recorded so the list can only shrink: a new
+#: module over the limit fails; split it along a natural seam instead.
+MAX_LINES = 500
+KNOWN_LARGE = {
+    "orch.engine.runtime",
+    "orch.backends.openai",
+    "orch.store.state",
+    "orch.cli",
+    "orch.usecases",
+    "orch.config.project",
+    "orch.engine.plan",
+}
+
+
+def module_files() -> dict[str, Path]:
+    """Return every module of the package by dotted name (a package by its own name)."""
+    modules = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def imported_names(path: Path) -> set[str]:
+    """Return every module name `path` imports, at the top or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def is_within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
+    # A fresh interpreter per module finds import cycles that a warm one hides.
+    # orch.__main__ runs the CLI when imported, so it is started as `python -m orch`.
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)}
+    names = [name for name in module_files() if name != "orch.__main__"]
+    children = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", f"import {name}"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    }
+    children["orch.__main__"] = subprocess.Popen(
+        [sys.executable, "-m", "orch", "--help"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    failures = {}
+    for name, child in children.items():
+        _, stderr = child.communicate(timeout=60)
+        if child.returncode != 0:
+            failures[name] = stderr.strip().splitlines()[-1:]
+    assert failures == {}
+
+
+def test_only_cli_imports_click() -> None:
+    offenders = {
+        name
+        for name, path in module_files().items()
+        if not is_within(name, "orch.cli") and any(is_within(i, "click") for i in imported_names(path))
+    }
+    assert offenders == set()
+
+
+def test_nothing_imports_cli() -> None:
+    offenders = {
+        name
+        for name, path in module_files().items()
+        if not is_within(name, "orch.cli")
+        and name != "orch.__main__"
+        and any(is_within(i, "orch.cli") for i in imported_names(path))
+    }
+    assert offenders == set()
+
+
+def test_engine_does_not_import_interfaces_or_the_display() -> None:
+    forbidden = ("orch.web", "orch.cli", "orch.observe.display")
+    offenders = {
+        (name, imported)
+        for name, path in module_files().items()
+        if is_within(name, "orch.engine")
+        for imported in imported_names(path)
+        if any(is_within(imported, package) for package in forbidden)
+    }
+    assert offenders == set()
+
+
+def test_no_new_module_over_the_line_limit() -> None:
+    files = module_files()
+    sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in files.items()}
+    large = {name for name, lines in sizes.items() if lines > MAX_LINES}
+    assert {name: sizes[name] for name in large - KNOWN_LARGE} == {}
