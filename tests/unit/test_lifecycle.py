@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from orch.config.project import NOT_RETRIED_BY_DEFAULT as CONFIG_NOT_RETRIED
+from orch.config.project import RETRY_CLASSES as CONFIG_RETRY_CLASSES
 from orch.engine.lifecycle import (
     OUTCOME_OF,
     PHASE_OF,
@@ -17,6 +19,7 @@ from orch.engine.lifecycle import (
     outcome_of,
     transition,
 )
+from orch.engine.policies import NOT_RETRIED_BY_DEFAULT
 
 T = Trigger
 
@@ -149,10 +152,15 @@ def test_outcome_statuses_and_error_classes_keep_the_strings_on_disk() -> None:
     assert ErrorClass("http_429") is ErrorClass.HTTP_429
     assert f"{ErrorClass.WORKER_LOST}" == "worker_lost"
     assert [c.value for c in RETRY_CLASSES] == [
-        "timeout", "checks", "agent_error", "http_429", "http_5xx", "request_error",
+        "timeout", "checks", "agent_error", "http_429", "http_5xx", "request_error", "worker_lost",
     ]  # fmt: skip
 
 
 def test_an_active_phase_has_no_outcome() -> None:
     with pytest.raises(ValueError, match="phase 'running' is not terminal"):
         outcome_of(Phase.RUNNING)
+
+
+def test_the_retry_classes_are_the_ones_orch_yaml_accepts() -> None:
+    assert tuple(RETRY_CLASSES) == CONFIG_RETRY_CLASSES
+    assert NOT_RETRIED_BY_DEFAULT == CONFIG_NOT_RETRIED

@@ -73,6 +73,13 @@ def test_the_last_allowed_attempt_is_not_retried_nor_is_any_while_stopping() -> 
     assert not policy.should_retry("timeout", None, 0, stopping=True)
 
 
+def test_a_lost_worker_is_retried_whatever_retry_on_names() -> None:
+    policy = RetryPolicy(retries=1, retry_on=frozenset({"timeout"}))
+    assert policy.should_retry("worker_lost", None, 0)
+    assert not policy.should_retry("worker_lost", None, 1)
+    assert not policy.should_retry("worker_lost", None, 0, stopping=True)
+
+
 # -- backoff -----------------------------------------------------------------------------
 
 

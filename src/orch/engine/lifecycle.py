@@ -84,7 +84,7 @@ class OutcomeStatus(StrEnum):
 
 class ErrorClass(StrEnum):
     """Why an attempt or a partition failed; written as `error_class` in manifests,
-    `error.json` and events. `retry_on` names the first six (see `RETRY_CLASSES`)."""
+    `error.json` and events. `retry_on` may name those in `RETRY_CLASSES`."""
 
     TIMEOUT = "timeout"  # the stage's timeout ended the attempt
     CHECKS = "checks"  # the outputs failed the expect rules
@@ -110,6 +110,7 @@ RETRY_CLASSES = (
     ErrorClass.HTTP_429,
     ErrorClass.HTTP_5XX,
     ErrorClass.REQUEST_ERROR,
+    ErrorClass.WORKER_LOST,
 )
 
 #: The outcome status of each terminal phase.

@@ -17,6 +17,8 @@ from orch.engine.lifecycle import ErrorClass
 
 #: Failures of orch's own path: retrying cannot help, whatever `retry_on` says.
 NEVER_RETRIED = frozenset({ErrorClass.INTERNAL, ErrorClass.DISK, ErrorClass.PROMOTE, ErrorClass.LOCK})
+#: The worker running the attempt died, not the attempt: always worth another try.
+ALWAYS_RETRIED = frozenset({ErrorClass.WORKER_LOST})
 #: Retried only when `retry_on` names them: a request the endpoint refused as
 #: malformed or too long (a 4xx, a context-length error) fails the same way again.
 NOT_RETRIED_BY_DEFAULT = frozenset({ErrorClass.REQUEST_ERROR})
@@ -40,11 +42,14 @@ class RetryPolicy:
     def is_retryable(self, error_class: str | None, exit_code: int | None, stopping: bool = False) -> bool:
         """True if a failure of `error_class` (and `exit_code`, for class `exit`) is worth another try.
 
-        Never while the run is stopping, nor for NEVER_RETRIED classes. With
-        `retry_on`, class `exit` retries only the exit codes it names.
+        Never while the run is stopping, nor for NEVER_RETRIED classes; always
+        for ALWAYS_RETRIED ones. With `retry_on`, class `exit` retries only the
+        exit codes it names.
         """
         if stopping or error_class in NEVER_RETRIED:
             return False
+        if error_class in ALWAYS_RETRIED:
+            return True
         if self.retry_on is None:
             return error_class not in NOT_RETRIED_BY_DEFAULT
         if error_class == ErrorClass.EXIT:
@@ -135,9 +140,14 @@ class HaltPolicy:
 class CostReport(Protocol):
     """What a budget reads of an attempt's usage (orch.backends.Usage has it)."""
 
-    cost_usd: float | None
-    cost_rejected: bool
-    warnings: tuple[str, ...]
+    @property
+    def cost_usd(self) -> float | None: ...
+
+    @property
+    def cost_rejected(self) -> bool: ...
+
+    @property
+    def warnings(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
