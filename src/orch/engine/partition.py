@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orch.backends import Usage
+from orch.backends import AttemptResult, Usage
 from orch.config.partitions import Partition
 from orch.config.project import AgentConfig
 from orch.config.workspace import ChildKey
@@ -75,14 +75,9 @@ class PartitionRun:
             if backing_off:
                 ctx.move(self.partition, Trigger.BACKOFF_OVER)
             async with contextlib.AsyncExitStack() as slot:
-                prepared: Path | None = None
-                if index == 0:
-                    ready = await self._prepare(slot)
-                    if isinstance(ready, Outcome):
-                        return ready
-                    self.state, prepared = ready
-                else:
-                    await slot.enter_async_context(ctx.slots.run_slot(stage))
+                prepared = await self._take_slot(index, slot)
+                if isinstance(prepared, Outcome):
+                    return prepared
                 if ctx.halt_reason(stage):
                     if prepared is not None:
                         discard_staging(prepared)
@@ -116,19 +111,39 @@ class PartitionRun:
             archive = await archive_failed(ctx, self.partition, attempt.staging, record)
             if final_failure:
                 return self._failed(archive)
-            delay = ctx.backoff(stage).delay_s(index + 1, result.retry_after_s)
-            ctx.move(self.partition, Trigger.RETRY)
-            ctx.log.emit(
-                "retried",
-                stage=stage.name,
-                partition=self.partition.id,
-                attempt=number,
-                error=result.error,
-                error_class=result.error_class,
-                backoff_s=round(delay, 3),
-            )
-            await asyncio.sleep(delay)
+            await self._back_off(index + 1, number, result)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _take_slot(self, index: int, slot: contextlib.AsyncExitStack) -> Path | Outcome | None:
+        """Enter a run slot on `slot`; the first attempt prepares ahead of it.
+
+        Returns:
+            The prepared staging directory (first attempt), None (a retry
+            makes its own), or the Outcome if the partition no longer runs.
+        """
+        if index > 0:
+            await slot.enter_async_context(self.ctx.slots.run_slot(self.stage))
+            return None
+        ready = await self._prepare(slot)
+        if isinstance(ready, Outcome):
+            return ready
+        self.state, prepared = ready
+        return prepared
+
+    async def _back_off(self, retry: int, number: int, result: AttemptResult) -> None:
+        """Wait out the backoff before retry number `retry` (attempt `number` failed with `result`)."""
+        delay = self.ctx.backoff(self.stage).delay_s(retry, result.retry_after_s)
+        self.ctx.move(self.partition, Trigger.RETRY)
+        self.ctx.log.emit(
+            "retried",
+            stage=self.stage.name,
+            partition=self.partition.id,
+            attempt=number,
+            error=result.error,
+            error_class=result.error_class,
+            backoff_s=round(delay, 3),
+        )
+        await asyncio.sleep(delay)
 
     @property
     def _key(self) -> ChildKey:
