@@ -21,7 +21,6 @@ PACKAGE_DIR = Path(orch.__file__).parent
 #: module over the limit fails; split it along a natural seam instead.
 MAX_LINES = 500
 KNOWN_LARGE = {
-    "orch.engine.runtime",
     "orch.backends.openai",
     "orch.config.project",
 }

@@ -1,4 +1,4 @@
-"""The group-commit Promoter (orch.engine.runtime): a failing batch never leaves a waiter hanging."""
+"""The group-commit Promoter (orch.engine.promotion): a failing batch never leaves a waiter hanging."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from orch.engine import runtime
-from orch.engine.runtime import Promoter
+from orch.engine import promotion
+from orch.engine.promotion import Promoter
 from orch.store.manifest import read_manifest
 from tests.unit.test_state import make_manifest, make_staging
 
@@ -41,7 +41,7 @@ def test_a_batch_that_raises_fails_each_waiter_and_the_next_promotion_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tmp_path / "data" / "research"
-    real = runtime.promote_many
+    real = promotion.promote_many
     calls = []
 
     def broken_once(root: Path, items: list[Any]) -> list[Any]:
@@ -50,7 +50,7 @@ def test_a_batch_that_raises_fails_each_waiter_and_the_next_promotion_works(
             raise RuntimeError("bug in promote_many")
         return real(root, items)
 
-    monkeypatch.setattr(runtime, "promote_many", broken_once)
+    monkeypatch.setattr(promotion, "promote_many", broken_once)
 
     async def main() -> tuple[list[Any], Any]:
         promoter = Promoter(tmp_path)

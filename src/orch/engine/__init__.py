@@ -1,1 +1,1 @@
-"""The run engine: planning, the async runtime that drives partitions, costs, preflight."""
+"""The run engine: planning, the partition lifecycle (no I/O), pure run policies, and the async runtime."""
