@@ -10,9 +10,12 @@ same file) run through `xargs -P JOBS` and, when installed, `parallel -j JOBS`.
 
     python bench/fanout.py --n 200,1000,2000 --jobs 8 [--repeat 3]
     python bench/fanout.py --n 1000 --profile /tmp/orch.prof   # cProfile the orch run
+    python bench/fanout.py --memory 1000,10000   # orch's peak RSS growth per partition
 
 Target (the fan-out issue): orch's time per partition within 3x of xargs -P,
-below GNU parallel, and linear from 200 to 2,000 partitions.
+below GNU parallel, and linear from 200 to 2,000 partitions. Memory (issue 12,
+item 8): the orchestrator's peak RSS grows by at most 4 KB per partition in
+scope, measured as (rss(N2) - rss(N1)) / (N2 - N1) over two orch-only runs.
 """
 
 from __future__ import annotations
@@ -88,18 +91,49 @@ def orch_env() -> dict[str, str]:
 
 def run_orch(root: Path, jobs: int, profile: Path | None = None) -> float:
     """Run `orch stage run work` in `root`; return wall seconds. Checks every partition landed."""
+    return run_orch_rss(root, jobs, profile)[0]
+
+
+def run_orch_rss(root: Path, jobs: int, profile: Path | None = None) -> tuple[float, float]:
+    """Run `orch stage run work` in `root`; return wall seconds and the orch process's peak RSS (KB).
+
+    The RSS is os.wait4's rusage of the orch process alone (its agents are
+    other processes, reaped by orch: Linux counts a reaped child's RSS in the
+    parent's children figure, not in its own).
+    """
     prefix = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
     argv = [*prefix, "-m", "orch", "stage", "run", "work", "--max-parallel", str(jobs)]
     started = time.perf_counter()
-    result = subprocess.run(argv, cwd=root, env=orch_env(), capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"orch exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(argv, cwd=root, env=orch_env(), stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - started
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            out.seek(0)
+            err.seek(0)
+            raise SystemExit(f"orch exited {code}:\n{out.read().decode()}\n{err.read().decode()}")
     done = sum(1 for p in (root / "data/work").iterdir() if (p / ".orch/manifest.json").exists())
     expected = len((root / "references/items.yaml").read_text().splitlines()) - 1
     if done != expected:
         raise SystemExit(f"orch promoted {done} of {expected} partitions")
-    return elapsed
+    return elapsed, float(usage.ru_maxrss)  # KiB on Linux
+
+
+def print_memory(counts: list[int], jobs: int, scratch: Path) -> None:
+    """Peak RSS of orch alone at each N, and the growth per partition between the smallest and largest."""
+    peaks = {}
+    for n in counts:
+        project = scratch / f"memory-{n}"
+        make_project(project, n)
+        seconds, peaks[n] = run_orch_rss(project, jobs)
+        shutil.rmtree(project, ignore_errors=True)
+        print(f"memory N={n}: orch peak RSS {peaks[n] / 1024:.1f} MB ({seconds:.1f} s)", flush=True)
+    low, high = min(peaks), max(peaks)
+    if high > low:
+        per = (peaks[high] - peaks[low]) / (high - low)
+        verdict = "met" if per <= 4 else "NOT met"
+        print(f"memory: {per:.2f} KB per partition from N={low} to N={high} (target <= 4 KB: {verdict})")
 
 
 def job_dirs(base: Path, n: int) -> bytes:
@@ -212,9 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-lines", type=int, default=25, help="rows of the profile to print")
     parser.add_argument("--repeat", type=int, default=1, help="runs per runner and N; the best is kept")
     parser.add_argument("--keep", action="store_true", help="keep the profiled project's scratch directory")
+    parser.add_argument("--memory", help="only measure orch's peak RSS at these comma-separated Ns")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.n.split(",") if x.strip()]
     scratch = Path(tempfile.mkdtemp(prefix="orch-fanout-"))
+    if args.memory:
+        try:
+            print_memory([int(x) for x in args.memory.split(",") if x.strip()], args.jobs, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return 0
     rows = []
     try:
         for n in counts:

@@ -1,17 +1,20 @@
 """Benchmark: `orch status` and `orch plan` on a generated project of N partitions.
 
-Target (issue "Barriers, resume and staleness"): each under 1 s at 10,000
-partitions on the 2-core development machine. The peer, side by side, is the
+Targets: each under 1 s at 10,000 partitions (issue "Barriers, resume and
+staleness"); within 2 s and 300 MB peak RSS at 100,000 (issue 12, item 8), on
+the 2-core development machine. The peer, side by side, is the
 floor any tool pays to look at the same disk state: a bare Python loop that
 reads every manifest and stats every expected output (no rendering, no
 fingerprints), plus the interpreter start-up with orch imported.
 
     python bench/status.py --n 10000            # builds the project once, in a temp dir
     python bench/status.py --n 10000 --keep DIR # reuse/keep the project in DIR
+    python bench/status.py --n 10000,100000 --keep DIR  # one project per N: DIR/n10000, ...
 
 The project is populated by `orch stage run` on the offline rehearsal agent
 (minutes at 10k: file creation on this disk is slow); timings are best of
---repeat runs of the real CLI in a subprocess.
+--repeat runs of the real CLI in a subprocess; peak RSS is the largest of those
+runs (os.wait4's rusage of that child, not of the bench).
 """
 
 from __future__ import annotations
@@ -86,14 +89,19 @@ def build(root: Path, n: int) -> None:
     print(f"populated {n} partitions in {time.perf_counter() - started:.1f} s")
 
 
-def best_of(argv: list[str], cwd: Path, repeat: int) -> float:
-    """Best wall time (s) of `repeat` runs of argv."""
-    times = []
+def best_of(argv: list[str], cwd: Path, repeat: int) -> tuple[float, float]:
+    """Best wall time (s) and largest peak RSS (MB) of `repeat` runs of argv."""
+    times, peaks = [], []
     for _ in range(repeat):
         started = time.perf_counter()
-        subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+        child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
         times.append(time.perf_counter() - started)
-    return min(times)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} exited {child.returncode}")
+        peaks.append(usage.ru_maxrss / 1024)  # KiB on Linux
+    return min(times), max(peaks)
 
 
 FLOOR = """
@@ -108,38 +116,54 @@ for name in os.listdir(base):
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--keep", type=Path, help="project directory to build or reuse")
-    args = parser.parse_args()
-    root = args.keep or Path(tempfile.mkdtemp(prefix="orch-bench-status-"))
-    if not (root / "orch.yaml").exists() or not (root / "data/work").exists():
-        build(root, args.n)
+def measure(root: Path, repeat: int) -> None:
+    """Time status and plan on the project in `root`; print a table and the verdicts."""
     n = len(os.listdir(root / "data/work"))
     orch = [sys.executable, "-m", "orch"]
     rows = [
-        ("orch status", best_of([*orch, "status"], root, args.repeat)),
-        ("orch status work", best_of([*orch, "status", "work"], root, args.repeat)),
-        ("orch plan work", best_of([*orch, "plan", "work"], root, args.repeat)),
-        ("orch plan work --json", best_of([*orch, "plan", "work", "--json"], root, args.repeat)),
-        ("floor: read manifests + stat outputs", best_of([sys.executable, "-c", FLOOR], root, args.repeat)),
+        ("orch status", best_of([*orch, "status"], root, repeat)),
+        ("orch status --json", best_of([*orch, "status", "--json"], root, repeat)),
+        ("orch status work", best_of([*orch, "status", "work"], root, repeat)),
+        ("orch plan work", best_of([*orch, "plan", "work"], root, repeat)),
+        ("orch plan work --json", best_of([*orch, "plan", "work", "--json"], root, repeat)),
+        ("floor: read manifests + stat outputs", best_of([sys.executable, "-c", FLOOR], root, repeat)),
     ]
     check = json.loads(
         subprocess.run(
             [*orch, "status", "--json"], cwd=root, check=True, capture_output=True, text=True
         ).stdout
     )
-    print(f"{n} partitions ({check[0]['counts']['complete']} complete), best of {args.repeat}:")
-    floor = rows[-1][1]
-    for label, seconds in rows:
+    print(f"{n} partitions ({check[0]['counts']['complete']} complete), best of {repeat}:")
+    floor = rows[-1][1][0]
+    for label, (seconds, rss_mb) in rows:
         print(
             f"  {label:<40} {seconds:6.3f} s  {seconds / n * 1e6:7.1f} µs/partition  "
-            f"{seconds / floor:4.1f}x floor"
+            f"{seconds / floor:4.1f}x floor  {rss_mb:6.0f} MB peak RSS"
         )
-    verdict = all(s < 1.0 for label, s in rows[:3])
-    print(f"target (< 1 s at 10k for status and plan): {'met' if verdict else 'NOT met'}")
+    orch_rows = rows[:-1]
+    if n <= 10_000:
+        met = all(s < 1.0 for _, (s, _) in orch_rows)
+        print(f"target (< 1 s at 10k for status and plan): {'met' if met else 'NOT met'}")
+    if n >= 100_000:
+        met = all(s <= 2.0 and mb <= 300 for _, (s, mb) in orch_rows)
+        print(f"target (<= 2 s and <= 300 MB at 100k for status and plan): {'met' if met else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", default="10000", help="comma-separated partition counts, e.g. 10000,100000")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="project directory to build or reuse")
+    args = parser.parse_args()
+    counts = [int(x) for x in args.n.split(",") if x.strip()]
+    for n in counts:
+        if args.keep is None:
+            root = Path(tempfile.mkdtemp(prefix="orch-bench-status-"))
+        else:
+            root = args.keep if len(counts) == 1 else args.keep / f"n{n}"
+        if not (root / "orch.yaml").exists() or not (root / "data/work").exists():
+            build(root, n)
+        measure(root, args.repeat)
 
 
 if __name__ == "__main__":

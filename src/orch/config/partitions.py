@@ -34,7 +34,7 @@ ALL_ID = "all"
 _DIGITS = re.compile(r"(\d+)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Partition:
     """One instance of a stage's blueprint.
 

@@ -38,7 +38,7 @@ def key_digests(mapping: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): digest(v) for k, v in mapping.items()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fingerprint:
     """A partition's fingerprint and the hashes it was made of.
 

@@ -8,7 +8,7 @@ Pure apart from reading: project × partitions × what is on disk → a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -37,7 +37,7 @@ class Status(Enum):
     STALE = "stale"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PartitionState:
     """What is true of one partition on disk now, and why.
 
@@ -48,7 +48,9 @@ class PartitionState:
             "stale: prompt changed (blueprint agents/02.deep_researcher.md)", ...
         manifest: Its manifest if the directory holds a valid one.
         fingerprint: The current fingerprint; None while inputs are not complete.
-        prompt: The current rendered prompt; None while inputs are not complete.
+        prompt_source: The current rendered prompt, or a function that renders
+            it again (so 100k states of `orch status` keep no prompt text);
+            None while inputs are not complete. Read it as `prompt`.
         findings: Expect-rule failures of the promoted outputs (incomplete), or
             outputs that no longer match the manifest (modified).
         last_error: The latest failed attempt's error record, if any.
@@ -63,11 +65,17 @@ class PartitionState:
     reason: str
     manifest: Manifest | None = None
     fingerprint: Fingerprint | None = None
-    prompt: str | None = None
+    prompt_source: str | Callable[[], str] | None = field(default=None, repr=False, compare=False)
     findings: tuple[Finding, ...] = ()
     last_error: dict[str, Any] | None = None
     waiting_on: tuple[ChildKey, ...] = field(default=())
     kept: str | None = None
+
+    @property
+    def prompt(self) -> str | None:
+        """The current rendered prompt; None while inputs are not complete."""
+        source = self.prompt_source
+        return source() if callable(source) else source
 
     @property
     def is_complete(self) -> bool:
@@ -217,8 +225,13 @@ class Planner:
             )
         prompt = self.ws.render(partition, manifests)
         fingerprint = self.ws.fingerprint(partition, prompt, agent, manifests)
+        # Under the lock the text is used at once; otherwise render again on demand
+        # (~4 KB a partition that `orch status` of 100k partitions never reads).
+        source: str | Callable[[], str] = (
+            prompt if holding_lock else lambda: self.ws.render(partition, manifests)
+        )
         if manifest is not None:
-            return self._judge(partition, stage, agent, manifest, fingerprint, prompt, manifests)
+            return self._judge(partition, stage, agent, manifest, fingerprint, prompt, manifests, source)
         if exists:
             return PartitionState(
                 partition,
@@ -226,7 +239,7 @@ class Planner:
                 "incomplete: directory has no valid .orch/manifest.json",
                 None,
                 fingerprint,
-                prompt,
+                source,
                 (Finding(".orch/manifest.json", "exists", "missing or invalid"),),
             )
         error = self.last_error(partition)
@@ -237,10 +250,10 @@ class Planner:
                 f"failed: {error.get('error', 'unknown error')} (attempt #{error.get('n', '?')})",
                 None,
                 fingerprint,
-                prompt,
+                source,
                 last_error=error,
             )
-        return PartitionState(partition, Status.MISSING, "missing", None, fingerprint, prompt)
+        return PartitionState(partition, Status.MISSING, "missing", None, fingerprint, source)
 
     def _judge(
         self,
@@ -251,6 +264,7 @@ class Planner:
         fingerprint: Fingerprint,
         prompt: str,
         manifests: Mapping[ChildKey, Manifest | None],
+        source: str | Callable[[], str] | None = None,
     ) -> PartitionState:
         """Judge promoted outputs: complete, stale, incomplete, failed since, or kept.
 
@@ -302,7 +316,15 @@ class Planner:
         if kept is not None:
             reason = kept if status is Status.COMPLETE else f"{reason}; kept: {kept}"
         return PartitionState(
-            partition, status, reason, manifest, fingerprint, prompt, findings, failure, kept=kept
+            partition,
+            status,
+            reason,
+            manifest,
+            fingerprint,
+            source or prompt,
+            findings,
+            failure,
+            kept=kept,
         )
 
     def _failed_since(self, partition: Partition, manifest: Manifest) -> dict[str, Any] | None:

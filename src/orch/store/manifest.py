@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import stat
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,7 +31,7 @@ MAX_OUTPUT_DEPTH = 64
 MAX_OUTPUT_PATH_BYTES = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutputFile:
     """One promoted output file: path relative to the partition, size, mtime, hash."""
 
@@ -40,7 +41,7 @@ class OutputFile:
     sha256: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """`.orch/manifest.json` of a complete partition.
 
@@ -95,7 +96,7 @@ class Manifest:
     def to_json(self) -> str:
         """Serialize with sorted keys and 2-space indent (same manifest, same bytes)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["outputs"] = [vars(o) for o in self.outputs]
+        data["outputs"] = [{f.name: getattr(o, f.name) for f in fields(o)} for o in self.outputs]
         data["duration_s"] = self.duration_s
         if not self.accepted:  # manifests never accepted keep their layout
             del data["accepted"]
@@ -118,9 +119,31 @@ def read_manifest(directory: Path | str) -> Manifest | None:
             return None
         data.pop("duration_s", None)
         data["outputs"] = [OutputFile(**o) for o in data["outputs"]]
+        _share_strings(data)
         return Manifest(**data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, orjson.JSONDecodeError):
         return None
+
+
+def _share_strings(data: dict[str, Any]) -> None:
+    """Intern the strings most manifests of a stage repeat (agent, run and stage-wide hashes).
+
+    A status of 100k partitions keeps every manifest: one shared copy instead
+    of ~10 per manifest saves ~1 KB each. Values are unchanged.
+    """
+    for key in ("stage", "run_id"):
+        if isinstance(data.get(key), str):
+            data[key] = sys.intern(data[key])
+    for mapping in (data.get("agent"), data.get("parts"), *(data.get("attempts") or ())):
+        if isinstance(mapping, dict):
+            for key, value in mapping.items():
+                if isinstance(value, str) and key not in ("prompt", "row"):
+                    mapping[key] = sys.intern(value)
+    keys = data.get("parts", {}).get("agent_keys") if isinstance(data.get("parts"), dict) else None
+    if isinstance(keys, dict):
+        for key, value in keys.items():
+            if isinstance(value, str):
+                keys[key] = sys.intern(value)
 
 
 def read_prompt(directory: Path | str) -> str | None:
