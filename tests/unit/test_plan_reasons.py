@@ -1,4 +1,4 @@
-"""Why a partition is stale (orch.engine.plan.stale_reason): one reason per changed fingerprint part."""
+"""Why a partition is stale (orch.engine.stale.stale_reason): one reason per changed fingerprint part."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from orch.config.partitions import Partition
 from orch.config.project import Stage
 from orch.config.workspace import Fingerprint, digest
-from orch.engine.plan import prompt_change, stale_reason
+from orch.engine.stale import prompt_change, stale_reason
 from orch.store.manifest import Manifest
 
 STAGE = Stage(name="synthesis", blueprint="agents/x.md", output="data/synthesis/<ID>")
