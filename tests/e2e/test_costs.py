@@ -20,7 +20,7 @@ def test_status_totals_and_plan_estimate_across_runs(make_project, fake_clis):  
     assert plan[-1] == "1 to run · 2 up to date · est. $0.01"
     status = project.orch("status", check=True).stdout.splitlines()
     rows = [" ".join(line.split()) for line in status]
-    assert rows[1] == "work 3 0 0 2 1 0 0 0 7356 $0.0266"
+    assert rows[1] == "work 3 0 0 0 2 1 0 0 0 7356 $0.0266"
     assert rows[2:4] == ["agent attempts tokens cost", "cli 3 7356 $0.0266"]
     assert rows[-1] == "in all: 3 attempt(s) · 7356 tokens · $0.0266"
 

@@ -129,6 +129,7 @@ def test_plan_json_for_one_stage(project):
         "incomplete": 0,
         "missing": 3,
         "modified": 0,
+        "queued": 0,
         "running": 0,
         "stale": 0,
     }

@@ -163,7 +163,7 @@ def test_status_during_a_run_tells_running_from_prepared_and_waiting(make_projec
     run.communicate(timeout=10)
 
     rows = {row["id"]: row for row in json.loads(status.stdout)["partitions"]}
-    assert [rows[p]["status"] for p in ("item01", "item02", "item03")] == ["running", "running", "missing"]
+    assert [rows[p]["status"] for p in ("item01", "item02", "item03")] == ["running", "queued", "missing"]
     assert rows["item01"]["reason"] == "running in another orch process"
     assert rows["item02"]["reason"] == (
         "queued in another orch process (locked and prepared; its agent has not started)"

@@ -30,6 +30,7 @@ class Status(Enum):
     """A partition's status (DESIGN.md §5)."""
 
     MISSING = "missing"
+    QUEUED = "queued"
     RUNNING = "running"
     COMPLETE = "complete"
     FAILED = "failed"
@@ -82,6 +83,12 @@ class PartitionState:
     def is_complete(self) -> bool:
         """True when the partition is complete and up to date."""
         return self.status is Status.COMPLETE
+
+    @property
+    def is_held(self) -> bool:
+        """True while another orch process holds it: its agent runs, or it is queued
+        (locked and prepared ahead of its slot)."""
+        return self.status in (Status.RUNNING, Status.QUEUED)
 
 
 AGENT_ENV = "ORCH_AGENT"
@@ -206,9 +213,8 @@ class Planner:
             newest = staging_dir(Path(out_dir), max(self.staging_numbers(partition)))
             if never_started(newest):  # prepared ahead of its slot (orch.engine.runtime)
                 reason = "queued in another orch process (locked and prepared; its agent has not started)"
-            else:
-                reason = "running in another orch process"
-            return PartitionState(partition, Status.RUNNING, reason, manifest)
+                return PartitionState(partition, Status.QUEUED, reason, manifest)
+            return PartitionState(partition, Status.RUNNING, "running in another orch process", manifest)
         waiting = tuple(k for k in partition.children if manifests.get(k) is None)
         if waiting:
             names = ", ".join(f"{s}/{p}" for s, p in waiting[:3])

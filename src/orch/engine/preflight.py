@@ -97,7 +97,7 @@ def run_scope(
 
 
 def _would_run(state: PartitionState) -> bool:
-    return not state.is_complete and state.kept is None and state.status is not Status.RUNNING
+    return not state.is_complete and state.kept is None and not state.is_held
 
 
 def doctor_scope(ws: Workspace, stages: Sequence[str], agent: str | None = None) -> dict[str, list[Stage]]:

@@ -19,7 +19,7 @@ _NOT_RUN = {
 def select(ctx: RunContext, state: PartitionState) -> tuple[bool, str]:
     """Return whether the run redoes the partition in `state`, and why (or why not)."""
     options = ctx.options
-    if state.status is Status.RUNNING:
+    if state.is_held:
         if options.wait_locks_s > 0:
             return True, "held by another orch process; waiting for it"
         return False, "held by another orch process; skipped (rerun once it finishes, or --wait-locks)"
@@ -60,7 +60,7 @@ def not_selected(ctx: RunContext, partition: Partition, state: PartitionState, w
     """End a partition the run does not redo: up to date, held by another process, or skipped."""
     if state.is_complete:
         status = OutcomeStatus.UP_TO_DATE
-    elif state.status is Status.RUNNING:
+    elif state.is_held:
         status = OutcomeStatus.HELD
     else:
         status = OutcomeStatus.SKIPPED

@@ -134,7 +134,7 @@ def plan_action(state: PartitionState) -> str:
         return "kept"
     if state.status is Status.COMPLETE:
         return "skip"
-    if state.status is Status.RUNNING:
+    if state.is_held:
         return "held"
     if state.waiting_on:
         return "wait"
