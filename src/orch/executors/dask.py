@@ -16,6 +16,7 @@ import glob
 import itertools
 import logging
 import os
+import pickle
 import time
 import uuid
 from collections.abc import Callable
@@ -54,6 +55,8 @@ class DaskExecutor:
         self._seq = itertools.count()
         #: Attempts submitted but not yet reported started by a worker: key -> on_start.
         self._waiting: dict[str, Callable[..., None]] = {}
+        #: Attempts submitted and not yet reported finished: key -> the result, set by the worker's report.
+        self._finished: dict[str, asyncio.Future[AttemptResult]] = {}
 
     async def start(self) -> None:
         """Connect, check every worker, kill agents a dead orchestrator left on them.
@@ -102,12 +105,25 @@ class DaskExecutor:
 
     @property
     def _topic(self) -> str:
-        """The Dask event topic on which workers report this run's attempts starting."""
+        """The Dask event topic on which workers report this run's attempts starting and ending."""
         return f"orch-started-{self._token}"
 
     def _on_started(self, event: tuple[float, Any]) -> None:
+        """Handle a worker's report: `{key, worker}` as an attempt starts, `{key, result}` as it ends.
+
+        The end report carries the pickled result over the scheduler's event
+        stream, which saves the gather round trip (client, scheduler, worker)
+        that awaiting the future would cost per attempt.
+        """
         message = event[1]
-        on_start = self._waiting.pop(str(message.get("key")), None)
+        key = str(message.get("key"))
+        if "result" in message:
+            finished = self._finished.get(key)
+            if finished is not None and not finished.done():
+                with contextlib.suppress(Exception):  # unreadable: the future's own result still comes
+                    finished.set_result(pickle.loads(message["result"]))
+            return
+        on_start = self._waiting.pop(key, None)
         if on_start is not None:
             on_start(worker=message.get("worker"))
 
@@ -158,12 +174,13 @@ class DaskExecutor:
         resources = dict(agent.settings.get("resources") or {}) or None
         if on_start is not None:
             self._waiting[key] = on_start
+        finished = self._finished[key] = asyncio.get_running_loop().create_future()
         future = self._client.submit(
             execute, AttemptJob.of(agent, spec), key, self._topic, key=key, pure=False, resources=resources
         )
         try:
             wait_s = spec.timeout_s + _TIMEOUT_SLACK_S if spec.timeout_s else None
-            result: AttemptResult = await asyncio.wait_for(future, wait_s)
+            result = await _first_result(finished, future, wait_s)
             late = self._waiting.pop(key, None)
             if late is not None:  # the result overtook the worker's start report
                 late(worker=result.worker)
@@ -186,6 +203,7 @@ class DaskExecutor:
             return AttemptResult(False, f"dask task failed: {type(err).__name__}: {err}", "agent_error")
         finally:
             future.release()
+            self._finished.pop(key, None)
             never = self._waiting.pop(key, None)
             if never is not None:  # failed or cancelled before a worker reported it started
                 never()
@@ -224,6 +242,32 @@ def require_distributed() -> None:
             "the dask executor needs dask and distributed, which are not installed",
             "pip install 'orch[dask]' (on this host and on every worker host)",
         )
+
+
+async def _first_result(
+    finished: asyncio.Future[AttemptResult], future: Any, wait_s: float | None
+) -> AttemptResult:
+    """Return the attempt's result from the worker's end report or from the Dask future,
+    whichever comes first; wait at most `wait_s` seconds (None: no bound).
+
+    Raises:
+        TimeoutError: neither came within `wait_s`.
+        KilledWorker, OSError, Exception: the future's own errors (the task failed).
+    """
+    awaiting = asyncio.ensure_future(future)
+    try:
+        await asyncio.wait([finished, awaiting], timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        if finished.done():
+            return finished.result()
+        if awaiting.done():
+            result: AttemptResult = awaiting.result()
+            return result
+        raise TimeoutError
+    finally:
+        if not awaiting.done():
+            awaiting.cancel()
+            with contextlib.suppress(BaseException):
+                await awaiting
 
 
 def _fail_fast(dask_scheduler: Any) -> None:

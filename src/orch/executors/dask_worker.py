@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Coroutine
@@ -100,7 +101,9 @@ def execute(job: AttemptJob, key: str, topic: str | None = None) -> AttemptResul
         key: This task's Dask key; once the scheduler stops wanting it
             (cancelled, or its client died) the agent is stopped.
         topic: The Dask event topic on which to report `{key, worker}` as the
-            attempt starts (the orchestrator's `started` event names the worker).
+            attempt starts (the orchestrator's `started` event names the worker)
+            and `{key, result}` (pickled) as it ends, which spares the
+            orchestrator a gather round trip; the task returns the result too.
     """
     from distributed import get_worker
 
@@ -121,7 +124,10 @@ def execute(job: AttemptJob, key: str, topic: str | None = None) -> AttemptResul
                 from orch.backends import create_backend
 
                 state.backends[job.backend_key] = create_backend(job.agent())
-        return run_job(job, state.backends, str(worker.address), is_wanted, state.run_coroutine)
+        result = run_job(job, state.backends, str(worker.address), is_wanted, state.run_coroutine)
+        if topic:
+            worker.log_event(topic, {"key": key, "result": pickle.dumps(result)})
+        return result
     finally:
         state.running.pop(staging, None)
 
