@@ -113,6 +113,22 @@ def _check_yaml_bounds(text: str) -> None:
     libyaml's composer recurses in C, so deep nesting must be refused before
     composing: at ~100,000 levels it crashes the interpreter.
     """
+    try:
+        _walk_yaml_events(text)
+    except _BoundError:
+        raise
+    except yaml.YAMLError as err:
+        # libyaml >= 0.2.6 (PyYAML 6.0.4 wheels) refuses deep nesting itself, with
+        # its own words; say it as the bound orch enforces everywhere else
+        if "maximum nesting depth" in str(getattr(err, "problem", "") or err):
+            raise _BoundError(
+                f"lists and mappings nest deeper than {MAX_DEPTH} levels", getattr(err, "problem_mark", None)
+            ) from err
+        raise
+
+
+def _walk_yaml_events(text: str) -> None:
+    """The walk of `_check_yaml_bounds`: raise _BoundError past a bound."""
     start_events = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
     end_events = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
     # Per open collection: [nodes inside (expanded), deepest level inside, anchor]
