@@ -93,7 +93,7 @@ def fetch_s(url: str) -> tuple[float, int]:
 def bench_pages(root: Path, repeat: int) -> None:
     with serving(root) as url:
         cold, _ = fetch_s(url)
-        print(f"  GET / first request (computes the snapshot) {cold:6.3f} s; then from the shared snapshot:")
+        print(f"  GET / first request (start-up snapshot) {cold:6.3f} s; then from the shared snapshot:")
         for path in ("", "tree", "api/snapshot"):
             fetch_s(url + path)  # warm-up
             times = [fetch_s(url + path) for _ in range(repeat)]
