@@ -286,3 +286,21 @@ def test_a_file_past_the_size_bound_is_refused_unread(tmp_path, monkeypatch):
     monkeypatch.setattr(orch.config.documents, "MAX_FILE_BYTES", 8)
     error = load_error(write(tmp_path, "r.yaml", "- a\n- b\n- c\n"))
     assert error.message == "references/r.yaml: cannot read: larger than 8 bytes"
+
+
+def test_parsed_cache_written_by_another_orch_is_a_miss(tmp_path: Path) -> None:
+    """A cache entry that cannot be unpickled (classes moved in another orch) is reparsed."""
+    from orch.config import documents
+
+    path = tmp_path / "big.yaml"
+    path.write_text("items:\n" + "".join(f"  - {{ID: i{i}, TEXT: {'x' * 40}}}\n" for i in range(6000)))
+    cache = tmp_path / "cache"
+    first = documents.load_document(path, "big.yaml", cache)
+    (entry,) = cache.glob("*.pickle")
+    # a pickle of a class from a module that no longer exists, as an old orch wrote it
+    entry.write_bytes(
+        b"\x80\x04\x95\x1d\x00\x00\x00\x00\x00\x00\x00\x8c\x0eorch.documents\x94\x8c\x08LineDict\x94\x93\x94."
+    )
+    again = documents.load_document(path, "big.yaml", cache)
+    assert again == first
+    assert len(again["items"]) == 6000

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from orch import __version__
 from orch.errors import ConfigError
 
 
@@ -289,14 +290,17 @@ def _load_cached(path: Path, label: str, cache_dir: Path) -> Any:
         b"|".join(
             [
                 _CACHE_VERSION,
+                __version__.encode(),
                 os.fsencode(os.path.abspath(path)),
                 *(str(v).encode() for v in (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)),
             ]
         )
     ).hexdigest()
     cache = cache_dir / f"{key}.pickle"
-    with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
-        return pickle.loads(cache.read_bytes())  # our own cache file, written below
+    # our own cache file, written below; anything wrong with it (torn, written by
+    # another orch whose classes moved: ModuleNotFoundError) is a cache miss
+    with contextlib.suppress(Exception):
+        return pickle.loads(cache.read_bytes())
     data = _parse_document(path, label, path.suffix.lower())
     with contextlib.suppress(OSError):
         cache_dir.mkdir(parents=True, exist_ok=True)
