@@ -2,7 +2,8 @@
 
 The layering rule is STYLE.md's: only `orch.cli` imports click, nothing imports
 `orch.cli` (but `python -m orch`), and the engine never imports the interfaces
-(`orch.web`, `orch.cli`) or the terminal display (`orch.observe.display`).
+(`orch.web`, `orch.cli`) or the terminal display (`orch.observe.display`), and
+the disk layer (`orch.store`) imports nothing that plans or runs.
 """
 
 from __future__ import annotations
@@ -111,6 +112,20 @@ def test_engine_does_not_import_interfaces_or_the_display() -> None:
         if is_within(name, "orch.engine")
         for imported in imported_names(path)
         if any(is_within(imported, package) for package in forbidden)
+    }
+    assert offenders == set()
+
+
+def test_store_imports_nothing_above_it() -> None:
+    # The disk layer sits under the engine and the use cases: it may know the
+    # config records, the error tree and redaction, nothing that plans or runs.
+    allowed = ("orch.store", "orch.config", "orch.errors", "orch.redact")
+    offenders = {
+        (name, imported)
+        for name, path in module_files().items()
+        if is_within(name, "orch.store")
+        for imported in imported_names(path)
+        if imported.startswith("orch.") and not any(is_within(imported, a) for a in allowed)
     }
     assert offenders == set()
 

@@ -19,7 +19,7 @@ from orch.errors import BarrierNotMet
 def accept(ctx: Context, stage_name: str, only: str | None, agent: str | None) -> None:
     """Mark stale partitions up to date without running them, if their outputs pass."""
     from orch.observe.views import print_json, print_table
-    from orch.store.accept import accept_stage
+    from orch.usecases.accept import accept_stage
 
     report = accept_stage(ctx.workspace(), stage_name, split_only(only), agent)
     if ctx.json:

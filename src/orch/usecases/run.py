@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orch.config.workspace import Workspace
+from orch.engine.barriers import BarrierReport
 from orch.engine.hints import Invocation
 from orch.engine.plan import PartitionState, Planner, upstream_blockers
 from orch.errors import (
@@ -16,7 +17,6 @@ from orch.errors import (
     PartitionsFailed,
     UsageError,
 )
-from orch.store.barriers import BarrierReport
 
 if TYPE_CHECKING:
     from orch.engine.runtime import RunSummary, Scheduler
