@@ -17,13 +17,13 @@ from orch.config.project import AgentConfig, Stage
 from orch.engine.context import RunContext
 from orch.engine.lifecycle import ErrorClass, OutcomeStatus, Trigger
 from orch.engine.plan import PartitionState
-from orch.engine.staging import inspect_outputs, new_staging
+from orch.engine.staging import new_staging
 from orch.store.checks import META_DIR
 from orch.store.faults import describe, error_class_of, traceback_of
 from orch.store.layout import AGENT_LOG, PROMPT, staging_number
 from orch.store.locks import PartitionLock
 from orch.store.manifest import OutputFile
-from orch.store.staging import archive_attempt
+from orch.store.staging import archive_attempt, inspect_outputs
 
 
 @dataclass(frozen=True)

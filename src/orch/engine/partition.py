@@ -22,12 +22,13 @@ from orch.engine.lifecycle import ErrorClass, OutcomeStatus, Phase, Trigger
 from orch.engine.outcomes import Outcome
 from orch.engine.plan import PartitionState
 from orch.engine.selection import not_selected, select
-from orch.engine.staging import acquire_lock, archive_failed, clean_dead_staging, discard_staging, new_staging
+from orch.engine.staging import acquire_lock, archive_failed, clean_dead_staging, new_staging
 from orch.store.checks import META_DIR
 from orch.store.faults import describe, error_class_of, traceback_of
 from orch.store.layout import AGENT_LOG, staging_number
 from orch.store.locks import PartitionLock
 from orch.store.manifest import Manifest, output_fingerprint
+from orch.store.staging import discard_staging
 
 
 class PartitionRun:

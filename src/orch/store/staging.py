@@ -1,4 +1,5 @@
-"""Promotion (one group commit for many partitions) and archiving of attempts."""
+"""Staging directories on disk: creating and checking them, promotion (one group commit
+for many partitions), archiving attempts."""
 
 from __future__ import annotations
 
@@ -9,13 +10,34 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from orch.config.project import ExpectRule
 from orch.redact import Redactor, json_safe
-from orch.store.checks import open_regular
-from orch.store.layout import ERROR, MANIFEST, STAGING_NAME, attempts_dir
-from orch.store.manifest import Manifest, next_attempt, read_manifest, write_meta
+from orch.store.checks import META_DIR, Finding, SchemaStore, check_outputs, open_regular
+from orch.store.layout import (
+    AGENT_LOG,
+    ERROR,
+    MANIFEST,
+    PROMPT,
+    STAGING_NAME,
+    attempts_dir,
+    find_staging_dirs,
+    staging_dir,
+)
+from orch.store.manifest import (
+    Manifest,
+    OutputFile,
+    check_staging,
+    hash_outputs,
+    next_attempt,
+    read_manifest,
+    scan_outputs,
+    touch_meta,
+    write_meta,
+)
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -194,3 +216,90 @@ def archive_attempt(
     if not written:
         write_meta(dest, ERROR, data, reclaim=True)
     return dest
+
+
+def make_staging(out_dir: Path, number: int, prompt: str, make_parent: bool = False) -> Path:
+    """Create `.<name>.attempt-<n>/.orch/prompt.md`, taking the next free n if a dead
+    run left one; with `make_parent`, create `out_dir`'s parent first.
+
+    Returns:
+        The staging directory.
+
+    Raises:
+        OSError: it could not be created (e.g. ENOSPC), with the path; nothing half-made is left.
+    """
+    if make_parent:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        staging = staging_dir(out_dir, number)
+        try:
+            staging.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        try:
+            (staging / META_DIR).mkdir()
+            (staging / META_DIR / PROMPT).write_text(prompt, encoding="utf-8")
+        except BaseException as err:  # e.g. ENOSPC: leave no half-made staging directory
+            discard_staging(staging)
+            if isinstance(err, OSError) and not err.filename:
+                raise OSError(err.errno, err.strerror, str(staging / META_DIR / PROMPT)) from err
+            raise
+        return staging
+
+
+def discard_staging(staging: Path) -> None:
+    """Remove a prepared staging directory no attempt ran in (it holds only the prompt)."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def inspect_outputs(
+    staging: Path, expect: tuple[ExpectRule, ...], schemas: SchemaStore
+) -> tuple[list[Finding], list[OutputFile]]:
+    """Check a finished attempt's outputs; if they pass, list them for the manifest.
+
+    Blocking (reads every output), so the scheduler runs it in a worker thread,
+    one hop for both. First refuses what the agent may have left that orch
+    cannot safely keep (see `orch.store.manifest.check_staging` and `scan_outputs`).
+    Creates an empty `.orch/agent.log` for a silent agent: every partition
+    has its log.
+    """
+    findings = check_staging(staging)
+    if findings:
+        return findings, []
+    findings, outputs = scan_outputs(staging, hashes=False)
+    if findings:
+        return findings, []
+    findings = check_outputs(staging, expect, schemas)
+    if findings:
+        return findings, []
+    touch_meta(staging, AGENT_LOG)
+    return [], hash_outputs(staging, outputs)
+
+
+def existing_staging(out_dir: Path, numbers: Iterable[int]) -> list[tuple[int, Path]]:
+    """Return `(n, path)` of the staging directories of `out_dir` numbered `numbers` that exist."""
+    found = []
+    for number in numbers:
+        path = staging_dir(out_dir, number)
+        if path.exists():
+            found.append((number, path))
+    return found
+
+
+def archive_leftovers(
+    root: Path,
+    stage: str,
+    partition: str,
+    out_dir: Path,
+    error: dict[str, Any],
+    redactor: Redactor | None = None,
+) -> None:
+    """Archive every staging directory of `out_dir`'s partition with the record `error` (plus its n).
+
+    Best effort: a directory that cannot be archived (e.g. a full disk) stays
+    for the next run's clean-up.
+    """
+    for number, path in find_staging_dirs(out_dir):
+        with contextlib.suppress(Exception):
+            archive_attempt(root, stage, partition, path, {"n": number, **error}, redactor)
