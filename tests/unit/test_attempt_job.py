@@ -11,7 +11,7 @@ import pytest
 
 from orch.backends import AttemptResult, AttemptSpec, Usage, validate_agent
 from orch.config.executor import ExecutorConfig, executor_from_url, parse_executor
-from orch.config.project import ExpectRule
+from orch.config.stages import ExpectRule
 from orch.errors import ConfigError, UsageError
 from orch.executors.job import AttemptJob, claim, run_job
 

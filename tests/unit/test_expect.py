@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.config.project import ExpectRule
+from orch.config.stages import ExpectRule
 from orch.errors import ConfigError
 from orch.store.checks import Finding, SchemaStore, check_outputs
 

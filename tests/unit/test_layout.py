@@ -23,7 +23,6 @@ PACKAGE_DIR = Path(orch.__file__).parent
 MAX_LINES = 500
 KNOWN_LARGE = {
     "orch.backends.openai",
-    "orch.config.project",
 }
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orch.config.project import NOT_RETRIED_BY_DEFAULT as CONFIG_NOT_RETRIED
-from orch.config.project import RETRY_CLASSES as CONFIG_RETRY_CLASSES
+from orch.config.stages import NOT_RETRIED_BY_DEFAULT as CONFIG_NOT_RETRIED
+from orch.config.stages import RETRY_CLASSES as CONFIG_RETRY_CLASSES
 from orch.engine.lifecycle import (
     OUTCOME_OF,
     PHASE_OF,

@@ -8,7 +8,7 @@ from types import MappingProxyType
 import pytest
 
 from orch.config.partitions import Partition
-from orch.config.project import Stage
+from orch.config.stages import Stage
 from orch.config.workspace import Fingerprint, digest
 from orch.engine.stale import prompt_change, stale_reason
 from orch.store.manifest import Manifest

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from orch.config.project import (
-    CONFIG_NAME,
-    ExpectRule,
-    FanIn,
-    PartitionSource,
-    Project,
-    find_root,
-    load_project,
-    parse_duration,
-)
+from orch.config.node import CONFIG_NAME, parse_duration
+from orch.config.project import Project, find_root, load_project
+from orch.config.stages import ExpectRule, FanIn, PartitionSource
 from orch.errors import ConfigError
 
 # Line 1 is `stages:`; a stage's own keys start on line 6 (see `with_stage_keys`).

@@ -13,7 +13,7 @@ import pytest
 
 from orch.backends import AttemptSpec
 from orch.backends.rehearsal import LABEL, RehearsalBackend, example_instance
-from orch.config.project import ExpectRule
+from orch.config.stages import ExpectRule
 from orch.errors import ConfigError
 from orch.store.checks import SchemaStore, check_outputs
 

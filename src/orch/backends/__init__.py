@@ -14,7 +14,8 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
 
-from orch.config.project import AgentConfig, ExpectRule
+from orch.config.project import AgentConfig
+from orch.config.stages import ExpectRule
 from orch.errors import ConfigError, did_you_mean
 
 BACKENDS = {

@@ -28,7 +28,8 @@ from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec
 from orch.backends.usage import PARSERS, AgentReport, parse_report
-from orch.config.project import AgentConfig, parse_duration
+from orch.config.node import parse_duration
+from orch.config.project import AgentConfig
 from orch.errors import ConfigError, did_you_mean
 from orch.executors.processes import Containment
 from orch.redact import Redactor

@@ -49,7 +49,8 @@ from orch.backends.openai_tools import (
     write_confined,
 )
 from orch.backends.usage import checked_usage
-from orch.config.project import AgentConfig, parse_duration
+from orch.config.node import parse_duration
+from orch.config.project import AgentConfig
 from orch.errors import ConfigError, did_you_mean
 from orch.executors.limits import AgentLimiter
 from orch.redact import Redactor

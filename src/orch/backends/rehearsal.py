@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec, Usage
-from orch.config.project import AgentConfig, ExpectRule, parse_duration
+from orch.config.node import parse_duration
+from orch.config.project import AgentConfig
+from orch.config.stages import ExpectRule
 from orch.errors import ConfigError
 from orch.store.checks import SchemaStore
 

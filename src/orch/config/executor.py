@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from orch.config.node import parse_duration
 from orch.errors import ConfigError, UsageError, did_you_mean
 
 KINDS = ("local", "dask")
@@ -47,8 +48,6 @@ def parse_executor(raw: Any, where: str) -> ExecutorConfig:
             an unknown kind, a dask executor without a scheduler address, or a
             bad duration.
     """
-    from orch.config.project import parse_duration
-
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} expected a mapping like {{kind: dask, scheduler: tcp://head:8786}}")
     for key in raw:

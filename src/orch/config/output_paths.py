@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from orch.config.blueprints import PLACEHOLDER
-from orch.config.project import CONFIG_NAME, Stage
+from orch.config.node import CONFIG_NAME
+from orch.config.stages import Stage
 from orch.errors import PartitionError
 
 

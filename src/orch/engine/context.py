@@ -14,7 +14,7 @@ from pathlib import Path
 
 from orch.backends import Usage
 from orch.config.partitions import Partition
-from orch.config.project import Stage
+from orch.config.stages import Stage
 from orch.config.workspace import ChildKey, Workspace
 from orch.engine.lifecycle import PHASE_OF, OutcomeStatus, Phase, Trigger, transition
 from orch.engine.outcomes import RunOptions

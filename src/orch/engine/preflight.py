@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orch.config.project import AgentConfig, Project, Stage
+from orch.config.project import AgentConfig, Project
+from orch.config.stages import Stage
 from orch.config.workspace import Workspace
 from orch.engine.plan import PartitionState, Planner, Status
 from orch.errors import ConfigError

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from orch.config.project import Stage
+from orch.config.stages import Stage
 from orch.engine.policies import run_limit, stage_limit
 
 

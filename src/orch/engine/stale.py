@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from orch.config.partitions import Partition
-from orch.config.project import Stage
+from orch.config.stages import Stage
 from orch.config.workspace import Fingerprint
 from orch.store.manifest import Manifest
 

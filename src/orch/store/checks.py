@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orch.config.project import ExpectRule
+from orch.config.stages import ExpectRule
 from orch.errors import ConfigError
 
 META_DIR = ".orch"

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from orch.config.project import ExpectRule
+from orch.config.stages import ExpectRule
 from orch.redact import Redactor, json_safe
 from orch.store.checks import META_DIR, Finding, SchemaStore, check_outputs, open_regular
 from orch.store.layout import (
