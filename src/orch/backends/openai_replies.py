@@ -1,14 +1,18 @@
-"""What an OpenAI-compatible endpoint answers, read defensively: responses, streams, error
-texts and Retry-After."""
+"""What an OpenAI-compatible endpoint answers, read defensively: responses, streams, usage,
+errors (classified for retries) and Retry-After."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import math
 import re
 import time
 from collections.abc import Mapping
 from typing import Any
+
+from orch.backends import AttemptResult, Usage
+from orch.backends.usage import checked_usage
 
 #: Context-length errors, whatever the status: OpenAI and Azure
 #: (`context_length_exceeded`, "maximum context length"), llama.cpp
@@ -180,3 +184,107 @@ def _echo_content(content: Any) -> str:
 def _object(value: Any) -> dict[str, Any] | None:
     """`value` if it is a JSON object, else None (`_usage` reads the fields it needs)."""
     return value if isinstance(value, dict) else None
+
+
+def read_usage(reported: dict[str, Any] | None, prices: tuple[float, float] | None) -> Usage:
+    """Usage of one response, each number checked (`orch.backends.usage.checked_usage`).
+
+    Cost is computed from `prices` (USD per 1,000 input and output tokens)
+    only when both token counts are valid; the endpoint reports no cost itself.
+    """
+    if not reported:
+        return Usage(num_turns=1)
+    details = reported.get("prompt_tokens_details")
+    tokens = {
+        "input_tokens": reported.get("prompt_tokens"),
+        "output_tokens": reported.get("completion_tokens"),
+        "cached_input_tokens": details.get("cached_tokens") if isinstance(details, dict) else None,
+    }
+    usage = checked_usage("endpoint", tokens)
+    if prices is None:
+        return dataclasses.replace(usage, num_turns=1)
+    if usage.input_tokens is None or usage.output_tokens is None:
+        # priced but uncountable: budgets must not read this as free
+        return dataclasses.replace(usage, num_turns=1, cost_rejected=bool(usage.warnings))
+    cost = usage.input_tokens / 1000 * prices[0] + usage.output_tokens / 1000 * prices[1]
+    return dataclasses.replace(usage, cost_usd=cost, num_turns=1)
+
+
+def classify_error(
+    err: Exception,
+    usage: Usage,
+    sdk: Any,
+    *,
+    base_url: str | None,
+    key_env: str | None,
+    model: str,
+    timeout_s: float,
+) -> AttemptResult | None:
+    """Map an SDK or transport error to a failed AttemptResult; None if it is not one.
+
+    429 → `http_429` (with Retry-After); 5xx, 408 and 409 → `http_5xx`
+    (with Retry-After if sent). Timeouts and connection failures are
+    `http_5xx` too: like a 5xx they say the endpoint could not answer now,
+    and the remedy is the same — back off and retry. Other 4xx (400, 401,
+    404, 422, ...) and context-length errors whatever their status are
+    `request_error`: the request itself is wrong and sending it again fails
+    the same way, so the default `retry_on` skips them. The retryable
+    statuses are the SDK's own (openai `_should_retry`).
+
+    Args:
+        err: What the request raised.
+        usage: The attempt's usage so far (kept on the failure if not empty).
+        sdk: The imported `openai` module.
+        base_url: The endpoint (None: the OpenAI API), for the message.
+        key_env: The API key's environment variable, for a 401/403 hint.
+        model: The model name, for a 404 hint.
+        timeout_s: The request timeout, for a timeout's message.
+    """
+    import httpx2
+
+    where = base_url or "the OpenAI API"
+    spent = usage if usage != Usage() else None
+    if isinstance(err, sdk.APIStatusError):
+        status = err.status_code
+        wait_s = parse_retry_after(err.response.headers)
+        detail = _short(_error_message(err))
+        message = f"HTTP {status} from {where}: {detail}"
+        if _is_context_length(err):
+            return AttemptResult(False, message + _CONTEXT_HINT, "request_error", usage=spent)
+        if status == 429:
+            return AttemptResult(False, message, "http_429", usage=spent, retry_after_s=wait_s)
+        if status >= 500 or status in (408, 409):
+            return AttemptResult(False, message, "http_5xx", usage=spent, retry_after_s=wait_s)
+        if status in (401, 403):
+            message += f" (check the key in ${key_env})"
+        elif status == 404:
+            message += f" (check model {model!r} and base_url)"
+        return AttemptResult(False, message, "request_error" if status >= 400 else "agent_error", usage=spent)
+    if isinstance(err, sdk.APIConnectionError):
+        # The aiohttp transport reports a refused connection as a connect timeout,
+        # so the message names the root cause rather than trusting the class.
+        root = _root_cause(err)
+        if isinstance(root, TimeoutError) or "Timeout" in type(root).__name__:
+            message = f"request to {where} timed out (request_timeout {timeout_s:g}s)"
+        else:
+            message = f"cannot reach {where}"
+        return AttemptResult(False, f"{message}: {_describe(root)}", "http_5xx", usage=spent)
+    if isinstance(err, TimeoutError):
+        message = (
+            f"request to {where} exceeded request_timeout {timeout_s:g}s "
+            "(a total deadline per request, streamed body included)"
+        )
+        return AttemptResult(False, message, "http_5xx", usage=spent)
+    if isinstance(err, httpx2.TransportError):
+        return AttemptResult(
+            False, f"connection to {where} broke mid-response: {_short(err)}", "http_5xx", usage=spent
+        )
+    if isinstance(err, _NotChatCompletion):
+        message = f"{where} did not answer like a Chat Completions endpoint: {err}"
+        return AttemptResult(False, message, "agent_error", usage=spent)
+    if isinstance(err, sdk.APIError):
+        message = f"error from {where}: {_short(err)}"
+        if _is_context_length(err):
+            return AttemptResult(False, message + _CONTEXT_HINT, "request_error", usage=spent)
+        return AttemptResult(False, message, "agent_error", usage=spent)
+    return None

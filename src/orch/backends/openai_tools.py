@@ -150,3 +150,36 @@ class _Transcript:
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
+
+
+def run_tool_calls(work_dir: Path, calls: list[dict[str, Any]], transcript: _Transcript) -> list[str]:
+    """Run one turn's tool calls in order (blocking); return the results the model sees."""
+    return [run_tool_call(work_dir, call, transcript) for call in calls]
+
+
+def run_tool_call(work_dir: Path, call: dict[str, Any], transcript: _Transcript) -> str:
+    """Run one tool call; return the tool result text the model sees."""
+    function = call.get("function") or {}
+    name = function.get("name")
+    if name != "write_file":
+        transcript.write("tool_rejected", name=name, reason="unknown tool")
+        return f"error: unknown tool {name!r}; the only tool is write_file(path, content)"
+    try:
+        args = json.loads(function.get("arguments") or "{}")
+    except ValueError as err:
+        transcript.write("tool_rejected", name=name, reason=f"arguments are not JSON: {err}")
+        return f'error: arguments are not valid JSON ({err}); send {{"path": ..., "content": ...}}'
+    if not isinstance(args, dict) or not isinstance(args.get("content"), str):
+        transcript.write("tool_rejected", name=name, reason="missing path or content")
+        return "error: write_file needs a string path and a string content"
+    try:
+        written = write_confined(work_dir, args.get("path"), args["content"])
+    except PathRejected as err:
+        transcript.write("tool_rejected", name=name, path=args.get("path"), reason=str(err))
+        return f"error: path {args.get('path')!r} rejected: {err}"
+    except OSError as err:
+        transcript.write("tool_rejected", name=name, path=args.get("path"), reason=str(err))
+        return f"error: could not write {args.get('path')!r}: {err.strerror}"
+    size = len(args["content"].encode("utf-8"))
+    transcript.write("wrote", path=written, bytes=size)
+    return f"wrote {written} ({size} bytes)"
