@@ -11,9 +11,10 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from types import MappingProxyType, ModuleType
+from types import ModuleType
 from typing import Any, Protocol
 
+from orch.config.frozen import FrozenDict
 from orch.config.project import AgentConfig
 from orch.config.stages import ExpectRule
 from orch.errors import ConfigError, did_you_mean
@@ -198,7 +199,7 @@ def validate_agent(name: str, raw: Any, where: str, line: int) -> AgentConfig:
 
         check_agent_placement(settings, where)
     settings = module.normalize(settings, where)
-    return AgentConfig(name=name, backend=backend, settings=MappingProxyType(settings), line=line)
+    return AgentConfig(name=name, backend=backend, settings=FrozenDict(settings), line=line)
 
 
 def create_backend(agent: AgentConfig) -> Backend:

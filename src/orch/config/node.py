@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 from orch.config.documents import LineDict, LineList
+from orch.config.frozen import FrozenDict
 from orch.errors import ConfigError, did_you_mean
 
 CONFIG_NAME = "orch.yaml"
@@ -171,7 +171,7 @@ def _show(value: Any) -> str:
 def load_vars(node: ConfigNode) -> Mapping[str, Any]:
     """Read a `vars:` mapping whose names are `<PARAM>`s (`[A-Z][A-Z0-9_]*`); empty if missing."""
     if node.missing:
-        return MappingProxyType({})
+        return FrozenDict({})
     node.require_mapping()
     for key, child in node.items():
         if not _PARAM.match(key):
@@ -179,4 +179,4 @@ def load_vars(node: ConfigNode) -> Mapping[str, Any]:
                 f"{child.where} variable name '{key}' must match [A-Z][A-Z0-9_]*",
                 f"rename it, e.g. {key.upper()!r}, and use it as <{key.upper()}> in blueprints",
             )
-    return MappingProxyType(dict(node.value))
+    return FrozenDict(dict(node.value))

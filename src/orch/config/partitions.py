@@ -15,11 +15,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from orch.config.blueprints import fill_placeholders
 from orch.config.documents import LineList, load_document
+from orch.config.frozen import FrozenDict
 from orch.config.output_paths import check_path_fields, dangling_link, is_inside, symlinks_in
 from orch.config.project import CONFIG_NAME, Project, Stage
 from orch.errors import ConfigError, PartitionError, did_you_mean
@@ -240,8 +240,8 @@ class PartitionIndex:
         return Partition(
             stage=stage.name,
             id=pid,
-            params=MappingProxyType(params),
-            row=MappingProxyType(fields),
+            params=FrozenDict(params),
+            row=FrozenDict(fields),
             out_dir=self._out_dir(stage, params, pid, where, fields),
             source=where,
             children=children,

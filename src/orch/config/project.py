@@ -11,11 +11,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from orch.config.documents import LineDict, parse_yaml, read_text
 from orch.config.executor import ExecutorConfig, parse_executor
+from orch.config.frozen import FrozenDict
 from orch.config.node import CONFIG_NAME, NAME, ConfigNode, load_vars
 from orch.config.stages import Stage, load_stages
 from orch.errors import ConfigError, did_you_mean
@@ -125,9 +125,9 @@ def load_project(root: Path) -> Project:
     return Project(
         root=root,
         vars=variables,
-        agents=MappingProxyType(agents),
+        agents=FrozenDict(agents),
         default_agent=default,
-        stages=MappingProxyType(stages),
+        stages=FrozenDict(stages),
         max_parallel=top.child("max_parallel").positive_int(optional=True),
         max_cost_usd=top.child("max_cost_usd").positive_float(optional=True),
         executor=_load_executor(top.child("executor")),
@@ -143,7 +143,7 @@ def _load_executor(node: ConfigNode) -> ExecutorConfig | None:
 def _load_agents(node: ConfigNode, validate_agent: Any) -> tuple[dict[str, AgentConfig], str]:
     agents: dict[str, AgentConfig] = {}
     if node.missing:
-        agents["offline"] = AgentConfig("offline", "rehearsal", MappingProxyType({}))
+        agents["offline"] = AgentConfig("offline", "rehearsal", FrozenDict({}))
         return agents, "offline"
     node.require_mapping()
     default: str | None = None

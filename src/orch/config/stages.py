@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
+from orch.config.frozen import FrozenDict
 from orch.config.node import CONFIG_NAME, NAME, ConfigNode, load_vars
 from orch.errors import ConfigError, did_you_mean
 
@@ -116,9 +116,9 @@ class Stage:
     backoff_cap_s: float = 60.0
     timeout_s: float | None = None
     max_cost_usd: float | None = None
-    vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    vars: Mapping[str, Any] = field(default_factory=lambda: FrozenDict({}))
     line: int = 0
-    lines: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    lines: Mapping[str, int] = field(default_factory=lambda: FrozenDict({}))
 
     def line_of(self, key: str) -> int:
         """Line of one of the stage's keys in orch.yaml (the stage's line if absent)."""
@@ -218,7 +218,7 @@ def _load_stage(name: str, node: ConfigNode, agents: Collection[str]) -> Stage:
         max_cost_usd=node.child("max_cost_usd").positive_float(optional=True),
         vars=stage_vars,
         line=node.line,
-        lines=MappingProxyType(node.key_lines()),
+        lines=FrozenDict(node.key_lines()),
     )
 
 

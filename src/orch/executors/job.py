@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec, Backend, create_backend
+from orch.config.frozen import FrozenDict
 from orch.config.project import AgentConfig
 
 #: Created exclusively in the staging directory's `.orch/` before the agent starts.
@@ -56,7 +57,7 @@ class AttemptJob:
 
     def agent(self) -> AgentConfig:
         """Rebuild the agent record on the worker."""
-        return AgentConfig(self.agent_name, self.backend, MappingProxyType(dict(self.settings)))
+        return AgentConfig(self.agent_name, self.backend, FrozenDict(self.settings))
 
 
 def _plain(value: Any) -> Any:
