@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from orch.engine.plan import PartitionState, Status
 
 if TYPE_CHECKING:
-    from orch.engine.barriers import BarrierReport
     from orch.engine.hints import Invocation
     from orch.engine.runtime import Outcome
+    from orch.store.barriers import BarrierReport
     from orch.usecases.inspect import PlanSummary
     from orch.usecases.run import RunResult
 

@@ -171,9 +171,9 @@ def test_every_mapping_field_is_read_only(project: Project) -> None:
             value = getattr(record, f.name)
             if isinstance(value, Mapping):
                 seen += 1
-                assert isinstance(value, FrozenDict), (type(record).__name__, f.name, type(value))
-                with pytest.raises(TypeError, match="read-only"):
+                with pytest.raises(TypeError):  # FrozenDict, or a Mapping without __setitem__
                     value["new"] = 1  # type: ignore[index]
+                assert "new" not in value, (type(record).__name__, f.name)
     assert seen > 0
 
 

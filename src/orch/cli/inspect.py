@@ -163,8 +163,8 @@ def status(ctx: Context, stage_name: str | None, agent: str | None) -> None:
 @pass_ctx
 def barrier(ctx: Context, stage_name: str, agent: str | None) -> None:
     """Check a stage's outputs on disk now; report what is missing where."""
-    from orch.engine.barriers import check_barrier
     from orch.observe.views import print_json, print_table
+    from orch.store.barriers import check_barrier
 
     report = check_barrier(ctx.workspace(), stage_name, agent)
     if ctx.json:

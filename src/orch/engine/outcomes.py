@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orch.backends import Usage
-from orch.engine.barriers import BarrierReport
 from orch.engine.lifecycle import OutcomeStatus
+from orch.store.barriers import BarrierReport
 from orch.store.manifest import Manifest
 
 #: Outcomes that leave the partition complete.

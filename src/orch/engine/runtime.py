@@ -18,7 +18,6 @@ from collections.abc import Mapping
 
 from orch.config.partitions import Partition
 from orch.config.workspace import ChildKey, Workspace
-from orch.engine.barriers import BarrierEntry, BarrierReport, check_barrier
 from orch.engine.context import RunContext
 from orch.engine.lifecycle import ErrorClass, OutcomeStatus, Phase, Trigger
 from orch.engine.outcomes import DONE, Outcome, RunOptions, RunSummary
@@ -29,6 +28,7 @@ from orch.engine.selection import not_selected, select
 from orch.engine.staging import archive_all, clean_if_dead
 from orch.errors import BlueprintError
 from orch.executors import Executor
+from orch.store.barriers import BarrierEntry, BarrierReport, check_barrier
 from orch.store.faults import describe, error_class_of, traceback_of
 from orch.store.locks import PartitionLock
 from orch.store.manifest import Manifest, read_manifest

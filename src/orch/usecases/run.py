@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orch.config.workspace import Workspace
-from orch.engine.barriers import BarrierReport
 from orch.engine.hints import Invocation
 from orch.engine.plan import PartitionState, Planner, upstream_blockers
 from orch.errors import (
@@ -17,6 +16,7 @@ from orch.errors import (
     PartitionsFailed,
     UsageError,
 )
+from orch.store.barriers import BarrierReport
 
 if TYPE_CHECKING:
     from orch.engine.runtime import RunSummary, Scheduler
