@@ -10,7 +10,7 @@ import pytest
 
 from orch.engine.policies import (
     DEFAULT_PARALLEL,
-    Admission,
+    AdmissionPolicy,
     Backoff,
     Budget,
     Halt,
@@ -228,7 +228,7 @@ def test_run_limit_comes_from_orch_yaml_or_the_command_line_of_a_multi_stage_run
 
 
 def test_admission_counts_stage_run_and_agent_limits() -> None:
-    admission = Admission({"a": 2, "b": 5}, run_limit=3, agent_limits={"gpt": 1})
+    admission = AdmissionPolicy({"a": 2, "b": 5}, run_limit=3, agent_limits={"gpt": 1})
     admission.admit("a", "claude")
     admission.admit("a", "gpt")
     assert not admission.can_admit("a", "claude")  # stage a is full
@@ -241,7 +241,7 @@ def test_admission_counts_stage_run_and_agent_limits() -> None:
 
 
 def test_admission_refuses_a_slot_that_does_not_fit_and_follows_a_changed_agent_limit() -> None:
-    admission = Admission({"a": 4}, agent_limits={"gpt": 2})
+    admission = AdmissionPolicy({"a": 4}, agent_limits={"gpt": 2})
     admission.admit("a", "gpt")
     admission.set_agent_limit("gpt", 1)
     with pytest.raises(RuntimeError, match="no slot for stage 'a', agent 'gpt'"):

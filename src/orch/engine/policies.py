@@ -264,8 +264,13 @@ def run_limit(
     return int(override or project_max_parallel or 1)
 
 
-class Admission:
-    """Stage, run and agent concurrency limits as counters (the runtime waits; this decides).
+class AdmissionPolicy:
+    """Stage, run and agent concurrency limits as counters: decides whether one more attempt may run.
+
+    The runtime's run slots (`orch.engine.slots.Slots`) wait, and ask this
+    policy whom to let in; agents' adaptive limits (AIMD after a 429, requests
+    per minute) are the executor's `AgentLimiters`, which the runtime's slots
+    leave `agent` unset for.
 
     Args:
         stage_limits: Each stage's limit (see `stage_limit`); a stage not named is unlimited.
@@ -316,6 +321,17 @@ class Admission:
         self.running_stage[stage] -= 1
         if agent is not None:
             self.running_agent[agent] -= 1
+
+    def set_stage_limit(self, stage: str, limit: int | None) -> None:
+        """Change `stage`'s limit (None: unlimited); running attempts above it finish, new ones wait."""
+        if limit is None:
+            self.stage_limits.pop(stage, None)
+        else:
+            self.stage_limits[stage] = limit
+
+    def is_run_full(self) -> bool:
+        """True if the run-wide limit admits nobody, whatever the stage."""
+        return self.run_limit is not None and self.running >= self.run_limit
 
     def set_agent_limit(self, agent: str, limit: int | None) -> None:
         """Change `agent`'s limit; running attempts above it finish, new ones wait."""

@@ -50,10 +50,14 @@ class Executor(Protocol):
         ...
 
 
-class Admission:
+class AgentLimiters:
     """Admits attempts per agent: one `AgentLimiter` each (concurrency, requests
     per minute, cool-down after a 429), in the orchestrator for every executor,
     so limits and 429 adaptation stay global however many hosts run attempts.
+
+    Stage and run limits are the engine's (`orch.engine.policies.AdmissionPolicy`,
+    waited on in `orch.engine.slots`); an attempt holds its run slot before it
+    waits here.
     """
 
     def __init__(self) -> None:
@@ -97,6 +101,11 @@ class Admission:
         return result
 
 
+#: The old name, still imported by `orch.executors.dask` (edited on another branch);
+#: remove once it imports AgentLimiters.
+Admission = AgentLimiters
+
+
 class LocalExecutor:
     """Runs attempts on this machine: one backend and one limiter per agent.
 
@@ -110,17 +119,17 @@ class LocalExecutor:
     `warm_up()` to start it in the background (see `warm_up` below).
 
     Args:
-        admission: The limiters to share (a DaskExecutor passes its own); new by default.
+        limiters: The agents' limiters to share (a DaskExecutor passes its own); new by default.
     """
 
-    def __init__(self, admission: Admission | None = None) -> None:
+    def __init__(self, limiters: AgentLimiters | None = None) -> None:
         self._backends: dict[str, Backend] = {}
-        self._admission = admission or Admission()
+        self._limiters = limiters or AgentLimiters()
         self._self_paced: set[str] = set()
         self._containment: Containment | None = None
 
     def _limiter(self, agent: AgentConfig) -> AgentLimiter:
-        return self._admission.limiter(agent)
+        return self._limiters.limiter(agent)
 
     def _backend(self, agent: AgentConfig) -> Backend:
         if agent.name not in self._backends:
@@ -170,7 +179,7 @@ class LocalExecutor:
             return await backend.run(spec)
 
         paced = agent.name not in self._self_paced
-        return await self._admission.admit(agent, spec, call, on_start, paced)
+        return await self._limiters.admit(agent, spec, call, on_start, paced)
 
     async def aclose(self) -> None:
         """Close every backend created."""
