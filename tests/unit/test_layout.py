@@ -1,7 +1,8 @@
-"""The package layout: every module imports on its own, imports flow down the layers, modules stay small.
+"""The package layout: every module imports on its own, imports flow down the layers without
+cycles, modules and classes stay small.
 
 The layering rule is STYLE.md's: only `orch.cli` imports click, nothing imports
-`orch.cli` (but `python -m orch`), and the engine never imports the interfaces
+`orch.cli` (but `python -m orch`), the engine never imports the interfaces
 (`orch.web`, `orch.cli`) or the terminal display (`orch.observe.display`), and
 the disk layer (`orch.store`) imports nothing that plans or runs.
 """
@@ -159,3 +160,45 @@ def test_no_new_class_over_the_line_limit() -> None:
     }
     large = {name for name, lines in sizes.items() if lines > MAX_CLASS_LINES}
     assert {name: sizes[name] for name in large - KNOWN_LARGE_CLASSES} == {}
+
+
+def top_level_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Return the orch modules `path` imports when it is imported (not in functions or TYPE_CHECKING)."""
+    found: set[str] = set()
+    statements = list(ast.parse(path.read_text(encoding="utf-8")).body)
+    while statements:
+        node = statements.pop()
+        if isinstance(node, ast.Try):
+            statements.extend(node.body)
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name.startswith("orch"):
+                found.add(name)
+    return found
+
+
+def test_no_import_cycles_at_module_level() -> None:
+    modules = module_files()
+    graph = {name: top_level_imports(path, modules) - {name} for name, path in modules.items()}
+    cycles = []
+    state: dict[str, str] = {}  # "open" while on the DFS path, "done" after
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for imported in sorted(graph[name]):
+            if state.get(imported) == "open":
+                cycles.append([*path[path.index(imported) :], imported])
+            elif imported not in state:
+                visit(imported, [*path, imported])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
