@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orch.engine.plan import PartitionState, Planner
+from orch.engine.states import success_usage
 from orch.store.layout import read_error
 from orch.store.manifest import Manifest, read_manifest
 
@@ -100,9 +101,12 @@ def spending(planner: Planner, stages: Iterable[str] | None = None) -> Spending:
         default_agent = planner.agent_for(planner.ws.project.stage(name)).name
         result.by_stage.setdefault(name, Totals())
         for state in planner.stage_states(name):
-            key = (name, state.partition.id)
-            if state.manifest is not None:
-                _add_manifest(result, key, state.manifest)
+            pid, made = state.success_usage()
+            key = (name, pid)
+            if made is not None:
+                result.add(name, made[0], key, made[1])
+            if not planner.has_archived(name, pid):
+                continue
             for _, path in planner.archived(state.partition):
                 error = read_error(Path(path))
                 if error is not None:
@@ -118,12 +122,8 @@ def spending(planner: Planner, stages: Iterable[str] | None = None) -> Spending:
 
 def _add_manifest(result: Spending, key: tuple[str, str], manifest: Manifest) -> None:
     """Count the successful attempt of a manifest (its failed ones are archived apart)."""
-    agent = str(manifest.agent.get("name", "?"))
-    usage = next(
-        (a.get("usage") for a in manifest.attempts if a.get("n") == manifest.attempt),
-        None,
-    )
-    result.add(key[0], agent, key, usage if isinstance(usage, dict) else manifest.usage)
+    agent, usage = success_usage(manifest)
+    result.add(key[0], agent, key, usage)
 
 
 def estimate(
