@@ -74,6 +74,9 @@ class Spending:
     by_stage: dict[str, Totals] = field(default_factory=dict)
     by_agent: dict[str, Totals] = field(default_factory=dict)
     total: Totals = field(default_factory=Totals)
+    _trios: dict[tuple[str, str], tuple[Totals, Totals, Totals]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def add(self, stage: str, agent: str, key: tuple[str, str], usage: dict[str, Any]) -> None:
         """Count one attempt of partition `key` by `agent` (untrusted numbers are skipped)."""
@@ -81,11 +84,14 @@ class Spending:
         if usage:  # rehearsal and many CLIs report nothing
             tokens = (_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
             cost = _dollars(usage.get("cost_usd"))
-        for totals in (
-            self.by_stage.setdefault(stage, Totals()),
-            self.by_agent.setdefault(agent, Totals()),
-            self.total,
-        ):
+        trio = self._trios.get((stage, agent))
+        if trio is None:
+            trio = self._trios[stage, agent] = (
+                self.by_stage.setdefault(stage, Totals()),
+                self.by_agent.setdefault(agent, Totals()),
+                self.total,
+            )
+        for totals in trio:
             totals.add(key, tokens, cost)
 
 

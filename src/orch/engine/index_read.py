@@ -21,7 +21,6 @@ from orch.engine.states import PartitionState, Status, success_usage
 from orch.store.checks import META_DIR, Finding
 from orch.store.layout import MANIFEST
 from orch.store.manifest import Manifest, OutputFile
-from orch.store.status_cache import file_sig
 
 if TYPE_CHECKING:
     from orch.engine.plan import Planner
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
 _EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
 _EMPTY_PARTS: dict[str, Any] = {}
 COMPLETE, MISSING, FAILED = "c", "m", "f"
+_MANIFEST_PATH = f"{META_DIR}/{MANIFEST}"
 
 
 def _int_array(text: str) -> array[int]:
@@ -134,19 +134,26 @@ class Columns:
     def _unchanged(self, root: str, i: int) -> bool:
         """True if complete partition i's manifest and outputs have their recorded stat."""
         row = self._row[i]
-        first = self._first[row]
-        directory = f"{root}/{self.out[i]}"
-        sig = file_sig(f"{directory}/{META_DIR}/{MANIFEST}")
-        if sig is None or sig != self.msig[4 * row : 4 * row + 4].tolist():
+        directory = f"{root}/{self.out[i]}/"
+        try:
+            st = os.lstat(directory + _MANIFEST_PATH)
+            j = 4 * row
+            msig = self.msig
+            if (
+                st.st_size != msig[j]
+                or st.st_mtime_ns != msig[j + 1]
+                or st.st_ino != msig[j + 2]
+                or st.st_ctime_ns != msig[j + 3]
+            ):
+                return False
+            osize, omtime, opath = self.osize, self.omtime, self.opath
+            first = self._first[row]
+            for k in range(first, first + self.nout[row]):
+                st = os.lstat(directory + opath[k])
+                if st.st_size != osize[k] or st.st_mtime_ns != omtime[k] or not stat.S_ISREG(st.st_mode):
+                    return False
+        except OSError:
             return False
-        osize, omtime = self.osize, self.omtime
-        for k in range(first, first + self.nout[row]):
-            try:
-                st = os.lstat(f"{directory}/{self.opath[k]}")
-            except OSError:
-                return False
-            if st.st_size != osize[k] or st.st_mtime_ns != omtime[k] or not stat.S_ISREG(st.st_mode):
-                return False
         return True
 
     def success_usage(self, i: int, of_manifest: Callable[[Manifest], Any]) -> Any:
