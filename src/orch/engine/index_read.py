@@ -369,6 +369,16 @@ class IndexedState(PartitionState):
     def fingerprint_value(self) -> str:
         return self._columns.fp[self._i]
 
+    def recorded(self) -> tuple[list[int] | None, list[str]]:
+        """The manifest's stat signature (None if not complete) and the archived
+        attempt names this state was recorded and checked with."""
+        columns, i = self._columns, self._i
+        sig = None
+        if columns.kinds[i] == COMPLETE:
+            j = 4 * columns._row[i]
+            sig = columns.msig[j : j + 4].tolist()
+        return sig, columns.archived.get(columns.ids[i], [])
+
     def success_usage(self) -> tuple[str, tuple[str, dict[str, Any]] | None]:
         """As `PartitionState.success_usage`, without building the manifest."""
         columns, i = self._columns, self._i

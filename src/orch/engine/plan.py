@@ -185,7 +185,11 @@ class Planner:
         else:
             listing = self._listing(parent)
             exists, staging = name in listing.names, name in listing.staging
+        if self.index is not None and not holding_lock:  # what the index may record: seen before judging
+            self.index.saw(partition, out_dir, exists, self.has_archived(partition.stage, partition.id))
         manifest = read_manifest(out_dir) if exists else None
+        if self.index is not None and not holding_lock:
+            self.index.read(partition, out_dir, exists)
         if staging and is_locked(self.ws.root, partition.stage, partition.id):
             newest = staging_dir(Path(out_dir), max(self.staging_numbers(partition)))
             if never_started(newest):  # prepared ahead of its slot (orch.engine.runtime)

@@ -37,7 +37,7 @@ import orjson
 from orch.config.partitions import Partition
 from orch.config.project import AgentConfig, Stage
 from orch.config.workspace import Workspace
-from orch.engine.index_read import COMPLETE, FAILED, MISSING, Columns, archived_names, is_hash
+from orch.engine.index_read import COMPLETE, FAILED, MISSING, Columns, IndexedState, archived_names, is_hash
 from orch.engine.states import PartitionState, Status
 from orch.store.checks import META_DIR
 from orch.store.layout import MANIFEST
@@ -65,6 +65,7 @@ class StatusIndex:
         stages = data.get("stages") if data and data.get("deps") == self.deps else None
         self._stages: dict[str, Any] = stages if isinstance(stages, dict) else {}
         self._judged: dict[str, Any] = {}
+        self._seen: dict[tuple[str, str], tuple[list[int] | None, list[str]]] = {}
 
     def columns(
         self, stage: Stage, agent: AgentConfig, hashes: tuple[str, str], planner: Planner
@@ -81,6 +82,21 @@ class StatusIndex:
         except (TypeError, ValueError, KeyError):  # not written by this orch
             return None
 
+    def saw(self, partition: Partition, out_dir: str, exists: bool, has_archived: bool) -> None:
+        """Note, before a partition is judged, its archived attempts and its
+        manifest's stat signature, so that what is recorded is what was judged
+        even if a run changes the disk meanwhile (see `read`)."""
+        archived = archived_names(self.ws.root, partition.stage, partition.id) if has_archived else []
+        sig = file_sig(f"{out_dir}/{META_DIR}/{MANIFEST}") if exists else None
+        self._seen[(partition.stage, partition.id)] = (sig, archived)
+
+    def read(self, partition: Partition, out_dir: str, exists: bool) -> None:
+        """After its manifest was read: forget the partition's signature if the
+        manifest was replaced meanwhile (it is then not recorded)."""
+        key = (partition.stage, partition.id)
+        if exists and file_sig(f"{out_dir}/{META_DIR}/{MANIFEST}") != self._seen[key][0]:
+            self._seen[key] = (None, self._seen[key][1])
+
     def indexable(self, stage: Stage) -> bool:
         """True if the stage's states can be kept here (no `glob` expect rule)."""
         return self.deps is not None and all(rule.glob is None for rule in stage.expect)
@@ -96,7 +112,7 @@ class StatusIndex:
         self._stages.pop(stage.name, None)
         if not self.indexable(stage):
             return
-        builder = _Builder(self.ws.root, hashes)
+        builder = _Builder(self.ws.root, hashes, self._seen)
         for state in states:
             if not builder.add(state):
                 return
@@ -121,9 +137,15 @@ class _Builder:
     """Turns judged states into columns: one list or packed array per field, so
     100,000 partitions load as a few hundred thousand objects, not millions."""
 
-    def __init__(self, root: Any, hashes: tuple[str, str]) -> None:
+    def __init__(
+        self,
+        root: Any,
+        hashes: tuple[str, str],
+        judged: dict[tuple[str, str], tuple[list[int] | None, list[str]]],
+    ) -> None:
         self.root = root
         self.hashes = hashes
+        self.judged = judged
         self.ids: list[str] = []
         self.kinds: list[str] = []
         self.out: list[str] = []
@@ -167,7 +189,11 @@ class _Builder:
             self.sparse["error"][partition.id] = state.last_error
         else:
             return False
-        if kind == COMPLETE and not self._add_manifest(partition, manifest, fp.value):  # type: ignore[arg-type]
+        recorded = state.recorded() if isinstance(state, IndexedState) else self.judged.get(state.key())
+        if recorded is None:
+            return False
+        sig, archived = recorded
+        if kind == COMPLETE and (sig is None or not self._add_manifest(partition, manifest, fp.value, sig)):  # type: ignore[arg-type]
             return False
         if not all(is_hash(h) for h in (fp.value, fp.prompt)):
             return False
@@ -180,7 +206,6 @@ class _Builder:
         self.children.append([[s, i, fp.inputs.get(f"{s}/{i}", "")] for s, i in partition.children])
         self.fp.append(fp.value)
         self.prompt.append(fp.prompt)
-        archived = archived_names(self.root, partition.stage, pid)
         if archived:
             self.sparse["archived"][pid] = archived
         if state.reason != _DEFAULT_REASON.get(kind):
@@ -189,10 +214,9 @@ class _Builder:
             self.sparse["kept"][pid] = state.kept
         return True
 
-    def _add_manifest(self, partition: Partition, manifest: Manifest, fingerprint: str) -> bool:
-        sig = file_sig(f"{self.root}/{partition.out_dir}/{META_DIR}/{MANIFEST}")
-        if sig is None:
-            return False
+    def _add_manifest(
+        self, partition: Partition, manifest: Manifest, fingerprint: str, sig: list[int]
+    ) -> bool:
         self.msig += sig
         self.nout.append(len(manifest.outputs))
         for output in manifest.outputs:

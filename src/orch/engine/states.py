@@ -70,6 +70,10 @@ class PartitionState:
         source = self.prompt_source
         return source() if callable(source) else source
 
+    def key(self) -> tuple[str, str]:
+        """`(stage, partition id)`."""
+        return self.stage, self.id
+
     @property
     def id(self) -> str:
         """The partition id (cheap: views read these instead of building `partition`)."""
