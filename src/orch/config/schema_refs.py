@@ -20,7 +20,9 @@ from orch.errors import ConfigError
 _REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
-def local_registry(root: Path, rel: str, schema: Any, specification: Any) -> Any:
+def local_registry(
+    root: Path, rel: str, schema: Any, specification: Any, files: set[str] | None = None
+) -> Any:
     """Return a `referencing.Registry` holding every file the schema at
     `root/rel` refers to, each checked to be a JSON file inside `root`.
 
@@ -32,6 +34,7 @@ def local_registry(root: Path, rel: str, schema: Any, specification: Any) -> Any
         rel: The schema's path relative to the root (for messages).
         schema: The parsed schema.
         specification: Its `referencing` specification (draft).
+        files: If given, gains the project-relative path of every file read.
 
     Raises:
         ConfigError: `rel: $ref 'x' cannot be resolved: why`, for a remote,
@@ -45,7 +48,7 @@ def local_registry(root: Path, rel: str, schema: Any, specification: Any) -> Any
     retrieved: dict[str, referencing.Resource[Any]] = {}
 
     def retrieve(uri: str) -> referencing.Resource[Any]:
-        contents = _read_local(root_resolved, base_dir, uri)
+        contents = _read_local(root_resolved, base_dir, uri, files)
         resource = referencing.Resource.from_contents(contents, default_specification=specification)
         retrieved[uri] = resource
         return resource
@@ -88,7 +91,7 @@ class _RefRefused(Exception):
     """Why a reference target is refused, in one line."""
 
 
-def _read_local(root: Path, base_dir: Path, uri: str) -> Any:
+def _read_local(root: Path, base_dir: Path, uri: str, files: set[str] | None = None) -> Any:
     parts = urlsplit(uri)
     if parts.scheme not in ("", "file") or parts.netloc:
         raise _RefRefused("only files inside the project are allowed, not URLs")
@@ -99,6 +102,8 @@ def _read_local(root: Path, base_dir: Path, uri: str) -> Any:
     from orch.config.documents import parse_json, read_text
 
     label = os.path.relpath(path, root)
+    if files is not None:
+        files.add(label)
     try:
         return parse_json(read_text(path, label), label)
     except ConfigError as err:

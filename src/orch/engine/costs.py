@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orch.engine.plan import PartitionState, Planner
+from orch.engine.states import success_usage
 from orch.store.layout import read_error
 from orch.store.manifest import Manifest, read_manifest
 
@@ -73,6 +74,9 @@ class Spending:
     by_stage: dict[str, Totals] = field(default_factory=dict)
     by_agent: dict[str, Totals] = field(default_factory=dict)
     total: Totals = field(default_factory=Totals)
+    _trios: dict[tuple[str, str], tuple[Totals, Totals, Totals]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def add(self, stage: str, agent: str, key: tuple[str, str], usage: dict[str, Any]) -> None:
         """Count one attempt of partition `key` by `agent` (untrusted numbers are skipped)."""
@@ -80,11 +84,14 @@ class Spending:
         if usage:  # rehearsal and many CLIs report nothing
             tokens = (_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
             cost = _dollars(usage.get("cost_usd"))
-        for totals in (
-            self.by_stage.setdefault(stage, Totals()),
-            self.by_agent.setdefault(agent, Totals()),
-            self.total,
-        ):
+        trio = self._trios.get((stage, agent))
+        if trio is None:
+            trio = self._trios[stage, agent] = (
+                self.by_stage.setdefault(stage, Totals()),
+                self.by_agent.setdefault(agent, Totals()),
+                self.total,
+            )
+        for totals in trio:
             totals.add(key, tokens, cost)
 
 
@@ -100,9 +107,12 @@ def spending(planner: Planner, stages: Iterable[str] | None = None) -> Spending:
         default_agent = planner.agent_for(planner.ws.project.stage(name)).name
         result.by_stage.setdefault(name, Totals())
         for state in planner.stage_states(name):
-            key = (name, state.partition.id)
-            if state.manifest is not None:
-                _add_manifest(result, key, state.manifest)
+            pid, made = state.success_usage()
+            key = (name, pid)
+            if made is not None:
+                result.add(name, made[0], key, made[1])
+            if not planner.has_archived(name, pid):
+                continue
             for _, path in planner.archived(state.partition):
                 error = read_error(Path(path))
                 if error is not None:
@@ -118,12 +128,8 @@ def spending(planner: Planner, stages: Iterable[str] | None = None) -> Spending:
 
 def _add_manifest(result: Spending, key: tuple[str, str], manifest: Manifest) -> None:
     """Count the successful attempt of a manifest (its failed ones are archived apart)."""
-    agent = str(manifest.agent.get("name", "?"))
-    usage = next(
-        (a.get("usage") for a in manifest.attempts if a.get("n") == manifest.attempt),
-        None,
-    )
-    result.add(key[0], agent, key, usage if isinstance(usage, dict) else manifest.usage)
+    agent, usage = success_usage(manifest)
+    result.add(key[0], agent, key, usage)
 
 
 def estimate(

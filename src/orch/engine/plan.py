@@ -9,87 +9,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Set
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from orch.config.partitions import Partition
 from orch.config.project import CONFIG_NAME, AgentConfig, Project, Stage
 from orch.config.workspace import ChildKey, Fingerprint, Workspace
+from orch.engine.index_read import Columns
+from orch.engine.plan_index import StatusIndex
 from orch.engine.stale import stale_reason
+from orch.engine.states import Listing, PartitionState, Status
 from orch.errors import StageBlocked, UsageError, did_you_mean
 from orch.store.checks import Finding, check_outputs
 from orch.store.integrity import find_modified
 from orch.store.layout import STAGING_NAME, list_attempts, never_started, read_error, staging_dir
 from orch.store.locks import is_locked
 from orch.store.manifest import Manifest, read_manifest, read_prompt
-
-
-class Status(Enum):
-    """A partition's status (DESIGN.md §5)."""
-
-    MISSING = "missing"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETE = "complete"
-    FAILED = "failed"
-    INCOMPLETE = "incomplete"
-    MODIFIED = "modified"
-    STALE = "stale"
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionState:
-    """What is true of one partition on disk now, and why.
-
-    Attributes:
-        partition: The partition.
-        status: Its status.
-        reason: One line: "missing", "failed: timeout after 20m (attempt #3)",
-            "stale: prompt changed (blueprint agents/02.deep_researcher.md)", ...
-        manifest: Its manifest if the directory holds a valid one.
-        fingerprint: The current fingerprint; None while inputs are not complete.
-        prompt_source: The current rendered prompt, or a function that renders
-            it again (so 100k states of `orch status` keep no prompt text);
-            None while inputs are not complete. Read it as `prompt`.
-        findings: Expect-rule failures of the promoted outputs (incomplete), or
-            outputs that no longer match the manifest (modified).
-        last_error: The latest failed attempt's error record, if any.
-        waiting_on: Upstream partitions that are not complete.
-        kept: Why a run leaves these outputs alone although the chosen agent
-            would redo them (real outputs are never replaced by the rehearsal
-            agent without --force); None otherwise.
-    """
-
-    partition: Partition
-    status: Status
-    reason: str
-    manifest: Manifest | None = None
-    fingerprint: Fingerprint | None = None
-    prompt_source: str | Callable[[], str] | None = field(default=None, repr=False, compare=False)
-    findings: tuple[Finding, ...] = ()
-    last_error: dict[str, Any] | None = None
-    waiting_on: tuple[ChildKey, ...] = field(default=())
-    kept: str | None = None
-
-    @property
-    def prompt(self) -> str | None:
-        """The current rendered prompt; None while inputs are not complete."""
-        source = self.prompt_source
-        return source() if callable(source) else source
-
-    @property
-    def is_complete(self) -> bool:
-        """True when the partition is complete and up to date."""
-        return self.status is Status.COMPLETE
-
-    @property
-    def is_held(self) -> bool:
-        """True while another orch process holds it: its agent runs, or it is queued
-        (locked and prepared ahead of its slot)."""
-        return self.status in (Status.RUNNING, Status.QUEUED)
-
 
 AGENT_ENV = "ORCH_AGENT"
 REHEARSAL = "rehearsal"
@@ -134,6 +69,9 @@ class Planner:
             promoted files whose size and mtime are unchanged.
         lines: Name the changed prompt lines of stale partitions (reads each
             one's `.orch/prompt.md`); off for counts-only views (`orch status`).
+        index: Reuse and keep the status index (`orch.engine.plan_index`):
+            for read-only views (status, plan, watch); states rebuilt from it
+            carry slim partition and manifest records. Call `save_index` after.
 
     Raises:
         UsageError: the override names no agent of orch.yaml.
@@ -145,14 +83,17 @@ class Planner:
         agent_override: str | None = None,
         deep: bool = False,
         lines: bool = True,
+        index: bool = False,
     ) -> None:
         self.ws = workspace
+        self.root = str(workspace.root)
         self.agent_override = choose_agent_override(workspace.project, agent_override)
         self.deep = deep
         self.lines = lines
         self._states: dict[str, dict[str, PartitionState]] = {}
-        self._listings: dict[str, dict[str, list[str]]] = {}
+        self._listings: dict[str, Listing] = {}
         self._attempted: dict[str, set[str]] = {}
+        self.index = StatusIndex(workspace) if index and not deep else None
 
     def agent_for(self, stage: Stage) -> AgentConfig:
         """Return the agent a stage runs with: the override, the stage's, or the default."""
@@ -165,11 +106,47 @@ class Planner:
             for upstream in stage.upstream:
                 self.stage_states(upstream)
             agent = self.agent_for(stage)
-            self._states[name] = {
-                p.id: self.assess(p, agent, self.child_manifests(p))
-                for p in self.ws.partitions.for_stage(name)
-            }
+            entries, afresh = None, True
+            if self.index is not None:
+                hashes = (self.ws.agent_digest(agent), self.ws.expect_digest(stage))
+                entries = self.index.columns(stage, agent, hashes, self)
+            if entries is None:
+                states = {
+                    p.id: self.assess(p, agent, self.child_manifests(p))
+                    for p in self.ws.partitions.for_stage(name)
+                }
+            else:
+                states, afresh = self._from_index(stage, agent, hashes, entries)
+            self._states[name] = states
+            if self.index is not None and afresh:
+                self.index.record(stage, agent, hashes, list(states.values()))
         return list(self._states[name].values())
+
+    def _from_index(
+        self, stage: Stage, agent: AgentConfig, hashes: tuple[str, str], columns: Columns
+    ) -> tuple[dict[str, PartitionState], bool]:
+        """States of a stage from its index entries, judging afresh those the disk
+        disagrees with; and whether any was."""
+        states: dict[str, PartitionState] = {}
+        afresh = False
+        for i in range(len(columns)):
+            state = columns.state(i)
+            if state is None:
+                afresh = True
+                partition = self.ws.partitions.get(stage.name, columns.ids[i])
+                state = self.assess(partition, agent, self.child_manifests(partition))
+            states[state.id] = state
+        return states, afresh
+
+    def save_index(self) -> None:
+        """Write the status index if this planner judged any stage afresh (see
+        `orch.engine.plan_index`); a no-op without `index=True`."""
+        if self.index is not None:
+            self.index.save()
+
+    def known_state(self, stage: str, partition_id: str) -> PartitionState | None:
+        """Return a state already judged by this planner, or None."""
+        return self._states.get(stage, {}).get(partition_id)
 
     def state(self, stage: str, partition_id: str) -> PartitionState:
         """Return one partition's state."""
@@ -207,8 +184,12 @@ class Planner:
             exists, staging = os.path.lexists(out_dir), False
         else:
             listing = self._listing(parent)
-            exists, staging = name in listing.get("", ()), name in listing
+            exists, staging = name in listing.names, name in listing.staging
+        if self.index is not None and not holding_lock:  # what the index may record: seen before judging
+            self.index.saw(partition, out_dir, exists, self.has_archived(partition.stage, partition.id))
         manifest = read_manifest(out_dir) if exists else None
+        if self.index is not None and not holding_lock:
+            self.index.read(partition, out_dir, exists)
         if staging and is_locked(self.ws.root, partition.stage, partition.id):
             newest = staging_dir(Path(out_dir), max(self.staging_numbers(partition)))
             if never_started(newest):  # prepared ahead of its slot (orch.engine.runtime)
@@ -348,28 +329,36 @@ class Planner:
             return None
         return error if error["agent"] != manifest.agent.get("name") else None
 
-    def _listing(self, parent: str) -> dict[str, list[str]]:
-        """Map directory name -> staging attempt numbers, and "" -> names present."""
+    def _listing(self, parent: str) -> Listing:
+        """The names in directory `parent`, read once (one scandir: no stat per name)."""
         if parent not in self._listings:
-            listing: dict[str, list[str]] = {"": []}
+            listing = Listing(set(), {}, set())
             try:
-                names = os.listdir(parent)
-            except FileNotFoundError:
-                names = []
-            for name in names:
-                match = STAGING_NAME.match(name)
-                if match:
-                    listing.setdefault(match.group("pid"), []).append(match.group("n"))
-                else:
-                    listing[""].append(name)
-            listing[""] = set(listing[""])  # type: ignore[assignment]
+                with os.scandir(parent) as entries:
+                    for entry in entries:
+                        match = STAGING_NAME.match(entry.name)
+                        if match:
+                            listing.staging.setdefault(match.group("pid"), []).append(match.group("n"))
+                            continue
+                        listing.names.add(entry.name)
+                        if entry.is_symlink():
+                            listing.links.add(entry.name)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
             self._listings[parent] = listing
         return self._listings[parent]
+
+    def listing_of_parent(self, parent: str) -> Listing:
+        """The listing of project-relative directory `parent` (read once)."""
+        listing = self._listings.get(parent)
+        if listing is None:
+            listing = self._listings[parent] = self._listing(f"{self.root}/{parent}")
+        return listing
 
     def staging_numbers(self, partition: Partition) -> list[int]:
         """Attempt numbers of the partition's staging dirs seen when first looked at."""
         parent, name = os.path.split(os.path.join(self.ws.root, partition.out_dir))
-        return sorted(int(n) for n in self._listing(parent).get(name, []))
+        return sorted(int(n) for n in self._listing(parent).staging.get(name, []))
 
     def last_attempt_number(
         self, partition: Partition, manifest: Manifest | None, removed: Set[int] = frozenset()
@@ -386,7 +375,7 @@ class Planner:
     def has_staging(self, partition: Partition) -> bool:
         """True if a staging directory of the partition was seen on disk."""
         parent, name = os.path.split(os.path.join(self.ws.root, partition.out_dir))
-        return name in self._listing(parent)
+        return name in self._listing(parent).staging
 
     def archived(self, partition: Partition) -> list[tuple[int, str]]:
         """Return `(n, path)` of the partition's attempts kept in wip/attempts/, oldest first.
@@ -394,15 +383,19 @@ class Planner:
         Lists `wip/attempts/<stage>/` once per stage, so partitions that never
         failed cost no system call.
         """
-        if partition.stage not in self._attempted:
-            base = os.path.join(self.ws.root, "wip", "attempts", partition.stage)
-            try:
-                self._attempted[partition.stage] = set(os.listdir(base))
-            except FileNotFoundError:
-                self._attempted[partition.stage] = set()
-        if partition.id not in self._attempted[partition.stage]:
+        if not self.has_archived(partition.stage, partition.id):
             return []
         return [(n, str(path)) for n, path in list_attempts(self.ws.root, partition.stage, partition.id)]
+
+    def has_archived(self, stage: str, partition_id: str) -> bool:
+        """True if `wip/attempts/<stage>/<id>/` exists (one listing per stage)."""
+        if stage not in self._attempted:
+            base = os.path.join(self.ws.root, "wip", "attempts", stage)
+            try:
+                self._attempted[stage] = set(os.listdir(base))
+            except (FileNotFoundError, NotADirectoryError):
+                self._attempted[stage] = set()
+        return partition_id in self._attempted[stage]
 
     def last_error(self, partition: Partition) -> dict[str, Any] | None:
         """Return the error record of the partition's latest failed attempt, if any."""

@@ -25,6 +25,7 @@ from orch.observe.progress import (
     RunProgress,
     UsageTotals,
 )
+from orch.store.manifest import Manifest
 
 __all__ = [
     "Failure",
@@ -211,8 +212,9 @@ def take_snapshot(
     """Look at the disk (shallow, like `orch status`) and join the run's live state.
 
     Reads manifests, directory listings and `wip/attempts/` through
-    `orch.engine.plan.Planner` (size and mtime checks, no output re-reads), and the
-    run's `wip/runs/<run-id>/events.jsonl`. Writes nothing.
+    `orch.engine.plan.Planner` (size and mtime checks, no output re-reads; the
+    status index `orch status` keeps), and the run's `wip/runs/<run-id>/events.jsonl`.
+    Writes nothing.
 
     Args:
         workspace: The loaded project.
@@ -229,7 +231,7 @@ def take_snapshot(
     run = _find_run(root, run_id)
     if run is not None and progress is None:
         progress = RunProgress.from_log(run.events_path, run.run_id)
-    planner = Planner(workspace, agent)
+    planner = Planner(workspace, agent, index=True)  # reads the status index, never writes it
     taken_at = time.time() if now is None else now
     join = _Join(planner, run, progress, taken_at)
     stages = tuple(join.stage(name) for name in workspace.project.stages)
@@ -276,20 +278,21 @@ class _Join:
         return StageView(name, views, counts, phases, barrier, cost_usd, _sum(v.tokens for v in views))
 
     def partition(self, state: PartitionState) -> PartitionView:
-        partition, manifest = state.partition, state.manifest
-        live = self.progress.partitions.get((partition.stage, partition.id)) if self.progress else None
+        stage, pid, manifest = state.stage, state.id, state.manifest
+        live = self.progress.partitions.get((stage, pid)) if self.progress else None
         phase, live_reason = self._phase(state, live)
-        numbers = {n for n, _ in self.planner.archived(partition)}
+        archived = self.planner.has_archived(stage, pid)
+        numbers = {n for n, _ in self.planner.archived(state.partition)} if archived else set()
         if manifest is not None:
             numbers.add(manifest.attempt)
         use_live = live is not None and (manifest is None or live.phase is not Phase.DONE)
-        usage = live.usage if use_live and live is not None else _manifest_usage(state)
+        usage = live.usage if use_live and live is not None else _manifest_usage(manifest)
         error = live.error if live is not None and live.error else None
         if error is None and state.last_error:
             error = state.last_error.get("error")
         return PartitionView(
-            stage=partition.stage,
-            id=partition.id,
+            stage=stage,
+            id=pid,
             status=state.status.value,
             reason=state.reason,
             phase=phase,
@@ -312,7 +315,7 @@ class _Join:
             if self.dead and live.phase in ACTIVE_PHASES:
                 return Phase.INTERRUPTED, "the run's orchestrator is gone (killed?)"
             return live.phase, live.reason
-        stage = state.partition.stage
+        stage = state.stage
         if not self.live or stage not in self.stages or state.status is Status.COMPLETE:
             return None, None
         halted = progress.halted or progress.halted_stages.get(stage)
@@ -321,10 +324,10 @@ class _Join:
         return Phase.QUEUED, None
 
 
-def _manifest_usage(state: PartitionState) -> UsageTotals:
+def _manifest_usage(manifest: Manifest | None) -> UsageTotals:
     usage = UsageTotals()
-    if state.manifest is not None:
-        usage.add(state.manifest.usage)
+    if manifest is not None:
+        usage.add(manifest.usage)
     return usage
 
 

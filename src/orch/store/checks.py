@@ -60,6 +60,8 @@ class SchemaStore:
         self._validators: dict[str, Any] = {}
         self._digests: dict[str, str] = {}
         self._lock = threading.Lock()
+        #: Project-relative paths of every schema file read, `$ref` targets included.
+        self.files: set[str] = set()
 
     def validator(self, rel: str) -> Any:
         """Return a jsonschema validator for `root/rel`.
@@ -130,7 +132,8 @@ class SchemaStore:
         except jsonschema.SchemaError as err:
             raise ConfigError(f"{rel}: invalid JSON Schema: {err.message}") from err
         spec = specification_with(cls.ID_OF(cls.META_SCHEMA) or "", default=DRAFT202012)
-        return cls(schema, registry=local_registry(self.root, rel, schema, spec))
+        self.files.add(os.path.normpath(rel))
+        return cls(schema, registry=local_registry(self.root, rel, schema, spec, self.files))
 
     def schema(self, rel: str) -> Any:
         """Return the parsed schema document at `rel`."""

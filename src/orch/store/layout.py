@@ -4,6 +4,7 @@
     data/.../.<partition>.attempt-<n>/         an attempt's staging directory
     wip/attempts/<stage>/<partition>/<n>/      failed, interrupted or replaced attempts
     wip/locks/<stage>/<partition>.lock         held while an orch process works on it
+    wip/cache/                                 parsed references, status caches (disposable)
 
 A partition directory exists only by an atomic rename of a staging directory
 that already holds its manifest, so a kill -9 at any moment leaves complete
@@ -31,6 +32,10 @@ AGENT_LOG = "agent.log"
 
 
 ERROR = "error.json"
+
+
+#: orch's caches (parsed references, status index): deleting it loses nothing.
+CACHE_DIR = "wip/cache"
 
 
 #: A staging directory's name: `.<partition dir>.attempt-<n>`.

@@ -88,9 +88,10 @@ def status_usage(
     """
     from orch.engine.costs import spending
 
-    planner = Planner(ws, agent, lines=False)  # counts only: no stale reasons shown
+    planner = Planner(ws, agent, lines=False, index=True)  # counts only: no stale reasons shown
     overview = status_overview(planner)
     spent = spending(planner)
+    planner.save_index()
     for row in overview:
         row["usage"] = spent.by_stage[row["stage"]].to_json()
     by_agent = {name: t.to_json() for name, t in sorted(spent.by_agent.items())}
@@ -142,20 +143,23 @@ def plan_summary(
     from orch.engine.costs import estimate, spending
     from orch.observe.views import plan_action
 
-    planner = Planner(ws, agent)
+    planner = Planner(ws, agent, index=True)
     planned = plan_stages(ws, stage, agent, only, planner)
     actions = {"run": 0, "wait": 0, "held": 0, "kept": 0, "skip": 0}
     for _, states in planned:
         for state in states:
             actions[plan_action(state)] += 1
     dollars, unknown = estimate(planner, planned, spending(planner))
+    planner.save_index()
     return planned, PlanSummary(actions, dollars, unknown)
 
 
 def stage_status(ws: Workspace, stage: str, agent: str | None = None) -> list[dict[str, Any]]:
     """Return the per-partition status rows of one stage, judged for `agent`."""
-    planner = Planner(ws, agent)
-    return status_rows(planner, planner.stage_states(ws.project.stage(stage).name))
+    planner = Planner(ws, agent, index=True)
+    rows = status_rows(planner, planner.stage_states(ws.project.stage(stage).name))
+    planner.save_index()
+    return rows
 
 
 def select_only(ws: Workspace, names: Sequence[str], patterns: Sequence[str]) -> list[str]:
