@@ -121,18 +121,3 @@ def success_usage(manifest: Manifest) -> tuple[str, dict[str, Any]]:
     attempt's own usage, else the manifest's)."""
     usage = next((a.get("usage") for a in manifest.attempts if a.get("n") == manifest.attempt), None)
     return str(manifest.agent.get("name", "?")), usage if isinstance(usage, dict) else manifest.usage
-
-
-@dataclass
-class Listing:
-    """One directory holding partition directories, as listed once by a planner.
-
-    Attributes:
-        names: Every name but staging directories'.
-        staging: Partition directory name -> attempt numbers of its staging directories.
-        links: The names that are symlinks.
-    """
-
-    names: set[str]
-    staging: dict[str, list[str]]
-    links: set[str]
