@@ -24,6 +24,11 @@ without changing any signature kept here). States rebuilt from the index carry
 slim records: the partition without its params and row, and the manifest
 without `parts` and `accepted`; their prompt and fingerprint explanation are
 computed on demand from the real partition.
+
+Only read-only views trust it (`orch status`, `orch plan`, the snapshot behind
+`watch` and `serve`); a run, `orch barrier` and `orch accept` judge every
+partition from the disk, so a stale or forged index can mislead a view but
+never skip, promote or accept anything.
 """
 
 from __future__ import annotations
