@@ -28,7 +28,7 @@ from orch.config.executor import ExecutorConfig
 from orch.config.project import AgentConfig
 from orch.errors import ConfigError, UsageError
 from orch.executors import Admission, LocalExecutor
-from orch.executors.job import AttemptJob
+from orch.executors.job import AttemptJob, plain
 
 #: Bound on a broadcast kill (`client.run`; 7 ms measured on a quiet cluster).
 _KILL_WAIT_S = 10.0
@@ -64,6 +64,8 @@ class DaskExecutor:
         #: Command agents whose command is looked up on the workers, not here (see `defer_command_checks`).
         self._commands: dict[str, AgentConfig] = {}
         self._checks: set[asyncio.Task[None]] = set()
+        #: Each cluster agent's settings as plain containers, made once (see AttemptJob.of).
+        self._settings: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     async def start(self) -> None:
         """Connect, check every worker, kill agents a dead orchestrator left on them.
@@ -208,10 +210,9 @@ class DaskExecutor:
             self.refused[worker] = why
             logging.getLogger("orch").warning("Dask worker %s gets no attempts: %s", worker, why)
             return
-        with contextlib.suppress(Exception):
-            await self._client.run(
-                sweep_orphans, str(self.root), sorted(self.checked | {worker}), workers=[worker]
-            )
+        with contextlib.suppress(Exception):  # agents a dead worker left on that host, if any
+            live = set((await self._client.scheduler.identity()).get("workers", {})) | {worker}
+            await self._client.run(sweep_orphans, str(self.root), sorted(live), workers=[worker])
         self.checked.add(worker)
 
     async def _command_problem(self, worker: str) -> str | None:
@@ -288,6 +289,9 @@ class DaskExecutor:
 
         from orch.executors.dask_worker import execute
 
+        if not self.checked and not await self._wait_for_checked():
+            why = "no checked Dask worker is connected (every worker left, or the new ones failed the check)"
+            return AttemptResult(False, why, "worker_lost")
         key = f"orch-{spec.stage}-{spec.partition}-{spec.attempt}-{self._token}-{next(self._seq)}"
         resources = dict(agent.settings.get("resources") or {}) or None
         if on_start is not None:
@@ -295,7 +299,7 @@ class DaskExecutor:
         finished = self._finished[key] = asyncio.get_running_loop().create_future()
         future = self._client.submit(
             execute,
-            AttemptJob.of(agent, spec),
+            AttemptJob.of(agent, spec, self._plain_settings(agent)),
             key,
             self._topic,
             key=key,
@@ -332,6 +336,19 @@ class DaskExecutor:
             never = self._waiting.pop(key, None)
             if never is not None:  # failed or cancelled before a worker reported it started
                 never()
+
+    async def _wait_for_checked(self) -> bool:
+        """Wait up to `connect_timeout_s` for a worker to pass the check (every one left)."""
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        while not self.checked and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return bool(self.checked)
+
+    def _plain_settings(self, agent: AgentConfig) -> dict[str, Any]:
+        cached = self._settings.get(agent.name)
+        if cached is None or cached[0] is not agent.settings:
+            cached = self._settings[agent.name] = (agent.settings, plain(agent.settings))
+        return cached[1]
 
     async def _stop(self, future: Any, spec: AttemptSpec) -> None:
         """Cancel the task and kill the attempt's processes on every worker (bounded)."""
