@@ -52,8 +52,8 @@ def test_a_worker_with_another_orch_version_joining_mid_run_gets_no_attempts(
     cluster: Cluster, make_project: Callable[..., Project], extra_workers: list[str], tmp_path: Path
 ) -> None:
     """Agents need resource k: w2 offers k=1; the late worker offers k=2 but runs orch 0.0.0-other."""
-    project = make_project(6)
-    project.config(dask_config(project, 6, resources="k"))
+    project = make_project(8)  # 12 s on w2 alone: the late worker joins meanwhile
+    project.config(dask_config(project, 8, resources="k"))
     project.script({"default": {"action": "sleep", "seconds": 1.5}})
     proc = project.popen("stage", "run", "work", "--executor", cluster.url)
     wait_until(lambda: project.invocations(), 30, "the first attempt on w2")
@@ -64,7 +64,7 @@ def test_a_worker_with_another_orch_version_joining_mid_run_gets_no_attempts(
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     done = manifests(project)
-    assert len(done) == 6
+    assert len(done) == 8
     assert {m["attempts"][-1]["worker"] for m in done.values()} == {cluster.workers["w2"]}
     assert all(a.get("worker") != late for m in done.values() for a in m["attempts"])
     assert f"Dask worker {late} gets no attempts: runs orch 0.0.0-other" in err
