@@ -231,6 +231,7 @@ class Project:
         until: str | None = None,
         from_: str | None = None,
         wait_locks_s: float = 0.0,
+        executor: str | None = None,
     ) -> RunReport:
         """Run stages (or the pipeline) and return what happened; blocks until done.
 
@@ -252,6 +253,8 @@ class Project:
             until: Last stage of the pipeline (with `stages=None`).
             from_: First stage of the pipeline (with `stages=None`).
             wait_locks_s: Wait this long for partitions another orch run holds.
+            executor: Where attempts run, as `--executor`: `local` or
+                `dask://host:port`; None: orch.yaml's `executor:`, else local.
 
         Returns:
             The `RunReport`; a failed partition is not an exception here: call
@@ -275,6 +278,7 @@ class Project:
             halt_on_pct=halt_on_pct,
             dry_run=dry_run,
             wait_locks=wait_locks_s,
+            executor=executor,
         )
         if isinstance(prepared, RunReport):
             return prepared
@@ -294,6 +298,7 @@ class Project:
         until: str | None = None,
         from_: str | None = None,
         wait_locks_s: float = 0.0,
+        executor: str | None = None,
     ) -> RunReport:
         """The async twin of `run`, on the caller's event loop.
 
@@ -318,6 +323,7 @@ class Project:
             halt_on_pct=halt_on_pct,
             dry_run=dry_run,
             wait_locks=wait_locks_s,
+            executor=executor,
         )
         if isinstance(prepared, RunReport):
             return prepared

@@ -108,6 +108,7 @@ class PartitionStatus:
         tokens: Input plus output tokens of the promoted attempt, if reported.
         cost_usd: Its cost, if reported.
         last_error: The latest attempt error, if any.
+        worker: The Dask worker that ran the latest attempt (None: ran locally).
     """
 
     stage: str
@@ -119,6 +120,7 @@ class PartitionStatus:
     tokens: int | None
     cost_usd: float | None
     last_error: str | None
+    worker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,8 @@ class OutputFile:
 
 @dataclass(frozen=True)
 class AttemptRecord:
-    """One archived attempt under `wip/attempts/<stage>/<partition>/<n>/`."""
+    """One archived attempt under `wip/attempts/<stage>/<partition>/<n>/`
+    (`worker`: the Dask worker that ran it; None when it ran locally)."""
 
     n: int
     path: str
@@ -156,6 +159,7 @@ class AttemptRecord:
     error: str | None
     error_class: str | None
     log_tail: tuple[str, ...]
+    worker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,7 @@ def partition_status(stage: str, row: dict[str, Any]) -> PartitionStatus:
         tokens=row["tokens"],
         cost_usd=row["cost_usd"],
         last_error=row["last_error"],
+        worker=row.get("worker"),
     )
 
 
@@ -303,7 +308,15 @@ def partition_detail(data: dict[str, Any]) -> PartitionDetail:
         manifest=data["manifest_data"],
         findings=tuple(data["findings"]),
         attempts=tuple(
-            AttemptRecord(a["n"], a["path"], a["outcome"], a["error"], a["error_class"], tuple(a["log_tail"]))
+            AttemptRecord(
+                a["n"],
+                a["path"],
+                a["outcome"],
+                a["error"],
+                a["error_class"],
+                tuple(a["log_tail"]),
+                a.get("worker"),
+            )
             for a in data["attempts"]
         ),
         last_error=data["last_error"],

@@ -27,8 +27,10 @@ class Cluster:
         self.workers: dict[str, str] = {}
         self.address = ""
 
-    def _start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    def _start(
+        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(extra_env or {})}
         env.pop("ORCH_PROJECT", None)
         with open(self.base / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(argv, cwd=self.base, env=env, stdout=log, stderr=log)
@@ -51,9 +53,12 @@ class Cluster:
         self._start("scheduler", [*argv, "--port", "0", "--no-dashboard"])
         self.address = self._wait_log("scheduler", r"Scheduler at:\s+(tcp://[0-9.:]+)")
 
-    def start_worker(self, name: str, resources: str, slots: int = 2) -> str:
+    def start_worker(
+        self, name: str, resources: str, slots: int = 2, extra_env: dict[str, str] | None = None
+    ) -> str:
+        """Start `orch worker` NAME (with `extra_env` over this process's environment); its address."""
         argv = [sys.executable, "-m", "orch", "worker", self.address, "--slots", str(slots)]
-        self._start(name, [*argv, "--resources", resources, "--name", name])
+        self._start(name, [*argv, "--resources", resources, "--name", name], extra_env)
         self.workers[name] = self._wait_log(name, r"Start worker at:\s+(tcp://[0-9.:]+)")
         return self.workers[name]
 

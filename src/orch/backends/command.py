@@ -306,7 +306,8 @@ class CommandBackend:
             finally:
                 _kill_group(proc.pid, signal.SIGKILL)
                 killed = await contain.ended(spec.work_dir, proc.pid)
-        await asyncio.to_thread(self._redact_log, spec, log_start)
+        if self.redactor:  # no thread hop per attempt when there is nothing to redact
+            await asyncio.to_thread(self._redact_log, spec, log_start)
         result = self.result(proc.returncode, spec, log_start)
         if killed:  # after reading the log: its last line is the agent's, for errors
             _append(spec.log_path, f"orch: killed {len(killed)} process(es) the agent left running\n")

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +137,7 @@ def check_agents(
     scope: Mapping[str, Sequence[Stage]],
     versions: bool = False,
     environ: Mapping[str, str] | None = None,
+    on_workers: Collection[str] = (),
 ) -> list[AgentCheck]:
     """Check each agent of `scope` (agent name -> the stages it runs), in name order.
 
@@ -145,13 +146,15 @@ def check_agents(
         scope: Agents to check and the stages each one runs in scope.
         versions: Also ask each agent for its version (`orch doctor`).
         environ: Environment to check keys and PATH in (default os.environ).
+        on_workers: Command agents whose attempts run only on cluster workers: their
+            command is not looked up here (the Dask executor looks it up on the workers).
     """
     env = os.environ if environ is None else environ
     checks = []
     for name in sorted(scope):
         agent = project.agent(name)
         stages = tuple(scope[name])
-        problems = _problems(project, agent, stages, env)
+        problems = _problems(project, agent, stages, env, agent.name in on_workers)
         version = _version(project, agent, env) if versions and not problems else None
         checks.append(
             AgentCheck(name, agent.backend, tuple(s.name for s in stages), tuple(problems), version)
@@ -185,11 +188,15 @@ def raise_for_problems(checks: Sequence[AgentCheck], doctor: bool = False) -> No
 
 
 def _problems(
-    project: Project, agent: AgentConfig, stages: Sequence[Stage], env: Mapping[str, str]
+    project: Project,
+    agent: AgentConfig,
+    stages: Sequence[Stage],
+    env: Mapping[str, str],
+    on_workers: bool = False,
 ) -> list[str]:
     settings = agent.settings
     problems: list[str] = []
-    if agent.backend == "command":
+    if agent.backend == "command" and not on_workers:
         argv0 = str(settings["command"][0])
         path_env = dict(settings.get("env", {})).get("PATH", env.get("PATH"))
         if resolve_command(argv0, project.root, path_env) is None:

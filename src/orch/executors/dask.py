@@ -28,7 +28,7 @@ from orch.config.executor import ExecutorConfig
 from orch.config.project import AgentConfig
 from orch.errors import ConfigError, UsageError
 from orch.executors import Admission, LocalExecutor
-from orch.executors.job import AttemptJob
+from orch.executors.job import AttemptJob, plain
 
 #: Bound on a broadcast kill (`client.run`; 7 ms measured on a quiet cluster).
 _KILL_WAIT_S = 10.0
@@ -57,6 +57,15 @@ class DaskExecutor:
         self._waiting: dict[str, Callable[..., None]] = {}
         #: Attempts submitted and not yet reported finished: key -> the result, set by the worker's report.
         self._finished: dict[str, asyncio.Future[AttemptResult]] = {}
+        #: Workers that passed `check_worker`: the only ones attempts are sent to.
+        self.checked: set[str] = set()
+        #: Workers that joined later and failed the check: address -> why (they get no attempts).
+        self.refused: dict[str, str] = {}
+        #: Command agents whose command is looked up on the workers, not here (see `defer_command_checks`).
+        self._commands: dict[str, AgentConfig] = {}
+        self._checks: set[asyncio.Task[None]] = set()
+        #: Each cluster agent's settings as plain containers, made once (see AttemptJob.of).
+        self._settings: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     async def start(self) -> None:
         """Connect, check every worker, kill agents a dead orchestrator left on them.
@@ -101,7 +110,117 @@ class DaskExecutor:
                 "every worker needs the project at the same path and the same orch version",
             )
         await self._client.run(sweep_orphans, str(self.root), sorted(reports))
+        self.checked = set(reports)
+        await self._check_commands(address, sorted(reports))
         self._client.subscribe_topic(self._topic, self._on_started)
+        # workers joining later are checked before any attempt goes to them (see _submit)
+        self._client.subscribe_topic("all", self._on_cluster_event)
+        with contextlib.suppress(Exception):  # joined between the check and the subscription
+            identity = await self._client.scheduler.identity()
+            for worker in set(identity.get("workers", {})) - self.checked:
+                self._check_later(worker)
+
+    def defer_command_checks(self, agents: list[AgentConfig]) -> None:
+        """Look up these command agents' commands on the workers when connecting, not here.
+
+        Pre-flight skips the orchestrator-side lookup for them; `start` runs it
+        on every worker that offers the agent's resources and raises
+        PreflightFailed (naming agent and worker) where it is missing.
+        """
+        self._commands = {a.name: a for a in agents if self._on_cluster(a) and a.backend == "command"}
+
+    async def _check_commands(self, address: str | None, workers: list[str]) -> None:
+        """Raise PreflightFailed if a worker that may run a command agent lacks its command."""
+        if not self._commands:
+            return
+        from orch.engine.preflight import PreflightFailed
+        from orch.executors.dask_worker import find_commands
+
+        try:
+            found = await self._client.run(find_commands, str(self.root), self._wanted(), workers=workers)
+        except Exception as err:
+            await self.aclose()
+            raise ConfigError(
+                f"cannot check the agents' commands on the workers of {address}: {_describe(err)}",
+                f"start the workers with `orch worker {address}` where orch is installed",
+            ) from err
+        missing: dict[str, list[str]] = {}
+        for worker, names in sorted(found.items()):
+            for name in names:
+                missing.setdefault(name, []).append(worker)
+        if not missing:
+            return
+        await self.aclose()
+        lines = []
+        for name, where in sorted(missing.items()):
+            agent = self._commands[name]
+            argv0 = agent.settings["command"][0]
+            lines.append(
+                f"agent {name}: command {argv0!r} not found on worker(s) {', '.join(where)} "
+                f"(orch.yaml:{agent.line}: agents.{name}.command; looked up on the workers, which run it)"
+            )
+        raise PreflightFailed(
+            f"pre-flight: {len(lines)} agent(s) cannot run on the Dask cluster; nothing was started:\n  "
+            + "\n  ".join(lines),
+            "install the command on every worker host that offers the agent's resources, or give its path",
+        )
+
+    @property
+    def command_agents(self) -> list[str]:
+        """Names of the agents given to `defer_command_checks` that run on the cluster."""
+        return sorted(self._commands)
+
+    def _wanted(self) -> list[tuple[str, str, str | None, dict[str, float]]]:
+        """(agent, command[0], its PATH or None, its resources) per deferred command agent."""
+        return [
+            (a.name, str(a.settings["command"][0]), dict(a.settings.get("env", {})).get("PATH"),
+             dict(a.settings.get("resources") or {}))
+            for a in self._commands.values()
+        ]  # fmt: skip
+
+    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+        """Scheduler events: check a worker that joins; forget one that leaves."""
+        message = event[1]
+        if not isinstance(message, dict):
+            return
+        worker = message.get("worker")
+        if message.get("action") == "add-worker" and isinstance(worker, str):
+            self._check_later(worker)
+        elif message.get("action") == "remove-worker" and isinstance(worker, str):
+            self.checked.discard(worker)
+
+    def _check_later(self, worker: str) -> None:
+        task = asyncio.ensure_future(self._check_new(worker))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _check_new(self, worker: str) -> None:
+        """Check a worker that joined after connecting; only a passing one gets attempts."""
+        from orch import __version__
+        from orch.executors.dask_worker import check_worker, sweep_orphans
+
+        try:
+            reports = await self._client.run(check_worker, str(self.root), __version__, workers=[worker])
+            why = reports.get(worker, "did not answer the check")
+            if not why and self._commands:
+                why = await self._command_problem(worker)
+        except Exception as err:  # e.g. orch missing there: the check cannot even be unpickled
+            why = f"cannot be checked: {type(err).__name__}: {_describe(err)}"
+        if why:
+            self.refused[worker] = why
+            logging.getLogger("orch").warning("Dask worker %s gets no attempts: %s", worker, why)
+            return
+        with contextlib.suppress(Exception):  # agents a dead worker left on that host, if any
+            live = set((await self._client.scheduler.identity()).get("workers", {})) | {worker}
+            await self._client.run(sweep_orphans, str(self.root), sorted(live), workers=[worker])
+        self.checked.add(worker)
+
+    async def _command_problem(self, worker: str) -> str | None:
+        from orch.executors.dask_worker import find_commands
+
+        found = await self._client.run(find_commands, str(self.root), self._wanted(), workers=[worker])
+        names = found.get(worker) or []
+        return f"lacks the command of agent(s) {', '.join(names)}" if names else None
 
     @property
     def _topic(self) -> str:
@@ -170,13 +289,23 @@ class DaskExecutor:
 
         from orch.executors.dask_worker import execute
 
+        if not self.checked and not await self._wait_for_checked():
+            why = "no checked Dask worker is connected (every worker left, or the new ones failed the check)"
+            return AttemptResult(False, why, "worker_lost")
         key = f"orch-{spec.stage}-{spec.partition}-{spec.attempt}-{self._token}-{next(self._seq)}"
         resources = dict(agent.settings.get("resources") or {}) or None
         if on_start is not None:
             self._waiting[key] = on_start
         finished = self._finished[key] = asyncio.get_running_loop().create_future()
         future = self._client.submit(
-            execute, AttemptJob.of(agent, spec), key, self._topic, key=key, pure=False, resources=resources
+            execute,
+            AttemptJob.of(agent, spec, self._plain_settings(agent)),
+            key,
+            self._topic,
+            key=key,
+            pure=False,
+            resources=resources,
+            workers=sorted(self.checked),  # a worker that joined later: only once it passed the check
         )
         try:
             wait_s = spec.timeout_s + _TIMEOUT_SLACK_S if spec.timeout_s else None
@@ -208,6 +337,19 @@ class DaskExecutor:
             if never is not None:  # failed or cancelled before a worker reported it started
                 never()
 
+    async def _wait_for_checked(self) -> bool:
+        """Wait up to `connect_timeout_s` for a worker to pass the check (every one left)."""
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        while not self.checked and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return bool(self.checked)
+
+    def _plain_settings(self, agent: AgentConfig) -> dict[str, Any]:
+        cached = self._settings.get(agent.name)
+        if cached is None or cached[0] is not agent.settings:
+            cached = self._settings[agent.name] = (agent.settings, plain(agent.settings))
+        return cached[1]
+
     async def _stop(self, future: Any, spec: AttemptSpec) -> None:
         """Cancel the task and kill the attempt's processes on every worker (bounded)."""
         from orch.executors.dask_worker import kill_attempt
@@ -227,6 +369,8 @@ class DaskExecutor:
     async def aclose(self) -> None:
         """Close local backends and the connection to the cluster."""
         await self._local.aclose()
+        for task in list(self._checks):
+            task.cancel()
         if self._client is not None:
             client, self._client = self._client, None
             with contextlib.suppress(Exception):

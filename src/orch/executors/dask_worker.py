@@ -146,6 +146,28 @@ def check_worker(project_root: str, version: str) -> str | None:
     return None
 
 
+def find_commands(
+    project_root: str, wanted: list[tuple[str, str, str | None, dict[str, float]]], dask_worker: Any = None
+) -> list[str]:
+    """Return the agents of `wanted` this worker may run whose command it cannot find.
+
+    Pre-flight on the workers (`client.run`): `wanted` holds (agent, command[0],
+    the agent's PATH or None for the worker's, the resources it needs). An
+    agent whose resources this worker does not offer never runs here, so it
+    is not looked up.
+    """
+    from orch.engine.preflight import resolve_command
+
+    offered = dict(dask_worker.state.total_resources) if dask_worker is not None else {}
+    missing = []
+    for name, argv0, path_env, resources in wanted:
+        if dask_worker is not None and any(offered.get(r, 0) < n for r, n in resources.items()):
+            continue
+        if resolve_command(argv0, Path(project_root), path_env) is None:
+            missing.append(name)
+    return missing
+
+
 def kill_attempt(staging: str) -> list[int]:
     """SIGKILL the processes of the attempt in `staging` on this host (broadcast by `client.run`)."""
     return kill_orphans(Path(staging))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Coroutine
@@ -45,14 +46,19 @@ class AttemptJob:
     spec: AttemptSpec
 
     @classmethod
-    def of(cls, agent: AgentConfig, spec: AttemptSpec) -> AttemptJob:
-        """Return the job for `spec` with `agent` (settings copied into plain containers)."""
-        return cls(agent.name, agent.backend, _plain(agent.settings), spec)
+    def of(cls, agent: AgentConfig, spec: AttemptSpec, settings: dict[str, Any] | None = None) -> AttemptJob:
+        """Return the job for `spec` with `agent` (settings copied into plain containers).
 
-    @property
+        Args:
+            settings: `agent.settings` already made plain (an executor keeps one per agent).
+        """
+        return cls(agent.name, agent.backend, plain(agent.settings) if settings is None else settings, spec)
+
+    @functools.cached_property
     def backend_key(self) -> str:
         """Identifies the agent and its settings: a worker shares one backend per key
-        (two projects, or an edited orch.yaml, may use one agent name differently)."""
+        (two projects, or an edited orch.yaml, may use one agent name differently).
+        Computed once per job, on the worker."""
         return json.dumps([self.agent_name, self.backend, self.settings], sort_keys=True, default=str)
 
     def agent(self) -> AgentConfig:
@@ -60,11 +66,12 @@ class AttemptJob:
         return AgentConfig(self.agent_name, self.backend, FrozenDict(self.settings))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """Return `value` with mappings (mappingproxy too) made dicts, recursively: picklable plain data."""
     if isinstance(value, dict | MappingProxyType):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
-        return type(value)(_plain(v) for v in value)
+        return type(value)(plain(v) for v in value)
     return value
 
 

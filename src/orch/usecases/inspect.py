@@ -202,6 +202,7 @@ def show_partition(ws: Workspace, stage: str, partition_id: str, agent: str | No
                 "outcome": error.get("outcome", "replaced by a later run"),
                 "error": error.get("error"),
                 "error_class": error.get("error_class"),
+                "worker": error.get("worker"),
                 "log_tail": _tail(path / META_DIR / AGENT_LOG),
             }
         )
@@ -229,6 +230,7 @@ def show_partition(ws: Workspace, stage: str, partition_id: str, agent: str | No
         "findings": [str(f) for f in state.findings],
         "attempts": attempts,
         "last_error": (current_error(planner, state) or {}).get("error"),
+        "worker": manifest.attempts[-1].get("worker") if manifest and manifest.attempts else None,
         "prompt": state.prompt,
         "exists": out_dir.exists(),
     }
@@ -292,6 +294,8 @@ def format_show(data: dict[str, Any], all_attempts: bool = False) -> str:
             f"  promoted   attempt {manifest['attempt']} by {manifest['agent']['name']} "
             f"in {manifest['duration_s']}s (run {manifest['run_id']}); usage: {usage}"
         )
+    if data.get("worker"):
+        out.append(f"  worker     {data['worker']} (the Dask worker that ran the promoted attempt)")
     if data["attempts"]:
         shown = data["attempts"] if all_attempts else data["attempts"][-SHOW_ATTEMPTS:]
         hidden = len(data["attempts"]) - len(shown)
@@ -304,6 +308,7 @@ def format_show(data: dict[str, Any], all_attempts: bool = False) -> str:
         for attempt in shown:
             out.append(
                 f"  #{attempt['n']} {attempt['outcome']}: {attempt['error'] or '-'}  ({attempt['path']})"
+                + (f" on {attempt['worker']}" if attempt.get("worker") else "")
             )
             out.extend(f"      | {line}" for line in attempt["log_tail"])
     if data["last_error"]:

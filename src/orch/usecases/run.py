@@ -217,7 +217,13 @@ def prepare_run(
         )
     from orch.engine.preflight import check_agents, raise_for_problems, run_scope
 
-    raise_for_problems(check_agents(ws.project, run_scope(planner, names, only, retry_failed, force)))
+    scope = run_scope(planner, names, only, retry_failed, force)
+    cluster = _executor(ws, executor)
+    on_workers: set[str] = set()
+    if cluster is not None:  # command agents run on the workers: their commands are looked up there
+        cluster.defer_command_checks([ws.project.agent(name) for name in scope])
+        on_workers = set(cluster.command_agents)
+    raise_for_problems(check_agents(ws.project, scope, on_workers=on_workers))
     from orch.engine.runtime import RunOptions, Scheduler
 
     options = RunOptions(
@@ -231,7 +237,7 @@ def prepare_run(
         wait_locks_s=wait_locks,
     )
     reporter = sinks_factory() if sinks_factory else None
-    scheduler = Scheduler(ws, options, [reporter] if reporter else [], _executor(ws, executor))
+    scheduler = Scheduler(ws, options, [reporter] if reporter else [], cluster)
     return PreparedRun(scheduler, reporter)
 
 
