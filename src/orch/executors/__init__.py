@@ -101,11 +101,6 @@ class AgentLimiters:
         return result
 
 
-#: The old name, still imported by `orch.executors.dask` (edited on another branch);
-#: remove once it imports AgentLimiters.
-Admission = AgentLimiters
-
-
 class LocalExecutor:
     """Runs attempts on this machine: one backend and one limiter per agent.
 

@@ -27,7 +27,7 @@ from orch.backends import AttemptResult, AttemptSpec
 from orch.config.executor import ExecutorConfig
 from orch.config.project import AgentConfig
 from orch.errors import ConfigError, UsageError
-from orch.executors import Admission, LocalExecutor
+from orch.executors import AgentLimiters, LocalExecutor
 from orch.executors.job import AttemptJob, plain
 
 #: Bound on a broadcast kill (`client.run`; 7 ms measured on a quiet cluster).
@@ -48,7 +48,7 @@ class DaskExecutor:
     def __init__(self, config: ExecutorConfig, project_root: Path) -> None:
         self.config = config
         self.root = project_root
-        self._admission = Admission()
+        self._admission = AgentLimiters()
         self._local = LocalExecutor(self._admission)
         self._client: Any = None
         self._token = uuid.uuid4().hex[:8]
