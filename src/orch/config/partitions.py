@@ -12,7 +12,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -60,6 +61,38 @@ class Partition:
     source: str
     children: tuple[tuple[str, str], ...] = ()
     priority: float = 0.0
+
+
+class Params(Mapping[str, Any]):
+    """A partition's params: its row's fields over the vars its whole stage shares.
+
+    Reads as `{**shared, **row}` (keys in that order, read-only) without a
+    dict per partition: `shared` is one mapping for every partition of a stage.
+    """
+
+    __slots__ = ("_row", "_shared")
+
+    def __init__(self, shared: Mapping[str, Any], row: Mapping[str, Any]) -> None:
+        self._shared = shared
+        self._row = row
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._row:
+            return self._row[key]
+        return self._shared[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._row or key in self._shared
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._shared
+        yield from (key for key in self._row if key not in self._shared)
+
+    def __len__(self) -> int:
+        return len(self._shared) + sum(1 for key in self._row if key not in self._shared)
+
+    def __repr__(self) -> str:
+        return f"Params({dict(self)!r})"
 
 
 def sort_key(partition: Partition) -> tuple[float, list[Any]]:
@@ -118,6 +151,7 @@ class PartitionIndex:
     def __init__(self, project: Project) -> None:
         self.project = project
         self._documents: dict[str, Any] = {}
+        self._shared_params: dict[str, Mapping[str, Any]] = {}
         self._stages: dict[str, tuple[Partition, ...]] = {}
         self._by_id: dict[str, dict[str, Partition]] = {}
         self._out_dirs: dict[str, tuple[str, str]] = {}
@@ -145,7 +179,19 @@ class PartitionIndex:
             ordered = tuple(sorted(partitions, key=sort_key))
             self._stages[name] = ordered
             self._by_id[name] = {p.id: p for p in ordered}
+            self._forget_documents()
         return self._stages[name]
+
+    def _forget_documents(self) -> None:
+        """Drop the parsed references files no stage still to load reads: the
+        partitions keep what they need of them (a row's fields, its `file:line`)."""
+        pending = {
+            stage.partitions.path
+            for stage in self.project.stages.values()
+            if stage.name not in self._stages and stage.partitions is not None
+        }
+        for rel in [rel for rel in self._documents if rel not in pending]:
+            del self._documents[rel]
 
     def get(self, stage: str, partition_id: str) -> Partition:
         """Return one partition.
@@ -236,12 +282,15 @@ class PartitionIndex:
         priority: float,
     ) -> Partition:
         """Build a partition: params are project vars, stage vars, then `fields`."""
-        params = {**self.project.vars, **stage.vars, **fields}
+        if stage.name not in self._shared_params:
+            self._shared_params[stage.name] = MappingProxyType({**self.project.vars, **stage.vars})
+        row = MappingProxyType(fields)
+        params = Params(self._shared_params[stage.name], row)
         return Partition(
             stage=stage.name,
             id=pid,
-            params=MappingProxyType(params),
-            row=MappingProxyType(fields),
+            params=params,
+            row=row,
             out_dir=self._out_dir(stage, params, pid, where, fields),
             source=where,
             children=children,
@@ -270,7 +319,8 @@ class PartitionIndex:
                     "partition ids must be unique within a stage",
                 )
             seen[pid] = where
-            fields = {str(k): v for k, v in row.items()}
+            # the same few field names in every row: one string each, not one per row
+            fields = {sys.intern(str(k)): v for k, v in row.items()}
             fields[id_field] = pid
             result.append((pid, fields, where, _priority(row.get("priority"), where)))
         return result

@@ -34,7 +34,7 @@ from orch.engine.selection import not_selected, select
 from orch.engine.staging import archive_all, clean_if_dead
 from orch.errors import BlueprintError
 from orch.executors import Executor
-from orch.store.barriers import BarrierEntry, BarrierReport, check_barrier
+from orch.store.barriers import BarrierEntry, BarrierReport, barrier_report
 from orch.store.faults import describe, error_class_of, traceback_of
 from orch.store.locks import PartitionLock
 from orch.store.manifest import Manifest, read_manifest
@@ -296,11 +296,8 @@ class Scheduler:
         # Outputs promoted by this run were checked in full just before promotion;
         # here size and mtime must still match what the manifest recorded (as in
         # `orch status`). `orch barrier STAGE` re-reads every file.
-        planner = Planner(self.ws, self.options.agent, deep=False)
         try:
-            report = check_barrier(
-                self.ws, outcome.stage, self.options.agent, planner, only=self.options.only
-            )
+            report = self._check_barrier(outcome.stage)
         except Exception as err:  # the outputs changed under us in a way no check expected
             entry = BarrierEntry("-", "error", "-", error_class_of(err), f"cannot check: {describe(err)}")
             report = BarrierReport(outcome.stage, done.total(), 0, (entry,))
@@ -312,6 +309,23 @@ class Scheduler:
             complete=report.complete,
             total=report.total,
             missing=[e.__dict__ for e in report.entries[:20]],
+        )
+
+    def _check_barrier(self, name: str) -> BarrierReport:
+        """Check stage `name`'s barrier as `check_barrier` does, keeping one state at a time
+        (a planner's `stage_states` would keep a state and a manifest per partition)."""
+        planner = Planner(self.ws, self.options.agent, deep=False)
+        stage = self.ws.project.stage(name)
+        for upstream in stage.upstream:
+            planner.stage_states(upstream)
+        agent, only = planner.agent_for(stage), self.options.only
+        return barrier_report(
+            name,
+            (
+                planner.assess(p, agent, planner.child_manifests(p))
+                for p in self.ws.partitions.for_stage(name)
+                if only is None or p.id in only
+            ),
         )
 
     async def _partition(self, partition: Partition) -> Outcome:
