@@ -13,8 +13,8 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from orch.config.blueprints import fill_placeholders
 from orch.config.documents import LineList, load_document
 from orch.config.output_paths import check_path_fields, dangling_link, is_inside, symlinks_in
+from orch.config.params import Params
 from orch.config.project import CONFIG_NAME, Project, Stage
 from orch.errors import ConfigError, PartitionError, did_you_mean
 
@@ -61,38 +62,6 @@ class Partition:
     source: str
     children: tuple[tuple[str, str], ...] = ()
     priority: float = 0.0
-
-
-class Params(Mapping[str, Any]):
-    """A partition's params: its row's fields over the vars its whole stage shares.
-
-    Reads as `{**shared, **row}` (keys in that order, read-only) without a
-    dict per partition: `shared` is one mapping for every partition of a stage.
-    """
-
-    __slots__ = ("_row", "_shared")
-
-    def __init__(self, shared: Mapping[str, Any], row: Mapping[str, Any]) -> None:
-        self._shared = shared
-        self._row = row
-
-    def __getitem__(self, key: str) -> Any:
-        if key in self._row:
-            return self._row[key]
-        return self._shared[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._row or key in self._shared
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._shared
-        yield from (key for key in self._row if key not in self._shared)
-
-    def __len__(self) -> int:
-        return len(self._shared) + sum(1 for key in self._row if key not in self._shared)
-
-    def __repr__(self) -> str:
-        return f"Params({dict(self)!r})"
 
 
 def sort_key(partition: Partition) -> tuple[float, list[Any]]:
@@ -174,6 +143,7 @@ class PartitionIndex:
             stage = self.project.stage(name)
             for upstream in stage.upstream:
                 self.for_stage(upstream)
+            self._shared_params[name] = MappingProxyType({**self.project.vars, **stage.vars})
             partitions = self._fan_in(stage) if stage.fan_in else self._fan_out(stage)
             self._check_needs(stage, partitions)
             ordered = tuple(sorted(partitions, key=sort_key))
@@ -183,15 +153,10 @@ class PartitionIndex:
         return self._stages[name]
 
     def _forget_documents(self) -> None:
-        """Drop the parsed references files no stage still to load reads: the
-        partitions keep what they need of them (a row's fields, its `file:line`)."""
-        pending = {
-            stage.partitions.path
-            for stage in self.project.stages.values()
-            if stage.name not in self._stages and stage.partitions is not None
-        }
-        for rel in [rel for rel in self._documents if rel not in pending]:
-            del self._documents[rel]
+        """Drop parsed references files no stage still to load reads (partitions keep their rows)."""
+        stages = self.project.stages.values()
+        pending = {s.partitions.path for s in stages if s.name not in self._stages and s.partitions}
+        self._documents = {rel: doc for rel, doc in self._documents.items() if rel in pending}
 
     def get(self, stage: str, partition_id: str) -> Partition:
         """Return one partition.
@@ -282,8 +247,6 @@ class PartitionIndex:
         priority: float,
     ) -> Partition:
         """Build a partition: params are project vars, stage vars, then `fields`."""
-        if stage.name not in self._shared_params:
-            self._shared_params[stage.name] = MappingProxyType({**self.project.vars, **stage.vars})
         row = MappingProxyType(fields)
         params = Params(self._shared_params[stage.name], row)
         return Partition(
@@ -319,8 +282,7 @@ class PartitionIndex:
                     "partition ids must be unique within a stage",
                 )
             seen[pid] = where
-            # the same few field names in every row: one string each, not one per row
-            fields = {sys.intern(str(k)): v for k, v in row.items()}
+            fields = {sys.intern(str(k)): v for k, v in row.items()}  # one str per field name
             fields[id_field] = pid
             result.append((pid, fields, where, _priority(row.get("priority"), where)))
         return result
@@ -375,7 +337,7 @@ class PartitionIndex:
                         f"stages.{stage.name}.needs pairs partitions by id; give both stages the same ids",
                     )
                 extra.append((needed, partition.id))
-            partitions[index] = _with_children(partition, tuple(extra))
+            partitions[index] = replace(partition, children=partition.children + tuple(extra))
 
     def _out_dir(
         self, stage: Stage, params: Mapping[str, Any], pid: str, where: str, fields: Mapping[str, Any]
@@ -532,9 +494,3 @@ def _check_groups(
                 f"stage {stage.fan_in.from_stage}",
                 f"add partitions with {stage.fan_in.by}: {key}, or remove the group",
             )
-
-
-def _with_children(partition: Partition, extra: tuple[tuple[str, str], ...]) -> Partition:
-    from dataclasses import replace
-
-    return replace(partition, children=partition.children + extra)
