@@ -192,6 +192,21 @@ def test_row_fields_override_vars_and_stage_vars(tmp_path):
     assert dict(index.get("j", "a").params) == {"A": "project", "B": "stage", "C": "row", "ID": "a"}
 
 
+def test_params_read_as_the_merged_dict_of_vars_stage_vars_and_row(tmp_path):
+    config = (
+        "vars: {A: project, B: project}\n"
+        + one_stage("{from: references/r.yaml, id: ID}")
+        + "    vars: {B: stage, C: stage}\n"
+    )
+    index = make_index(tmp_path, config, {"references/r.yaml": "- {ID: a, C: row, D: d}\n"})
+    params = index.get("j", "a").params
+    merged = {"A": "project", "B": "stage", "C": "row", "ID": "a", "D": "d"}
+    assert (list(params), list(params.items()), len(params)) == (list(merged), list(merged.items()), 5)
+    assert params == merged and "C" in params and "E" not in params and params.get("E") is None
+    with pytest.raises(KeyError):
+        params["E"]
+
+
 def test_integer_ids_become_text(tmp_path):
     index = make_index(
         tmp_path, one_stage("{from: references/r.yaml, id: ID}"), {"references/r.yaml": "- {ID: 7}\n"}
@@ -322,6 +337,14 @@ def test_references_file_is_read_once_per_index(tmp_path):
     index.for_stage("f")
     (tmp_path / "p" / "references" / "fw.yaml").write_text("functions: []\n")
     assert [p.id for p in index.for_stage("g")] == ["2.1", "1.2", "1.9", "1.10"]
+
+
+def test_references_file_is_dropped_once_no_stage_still_to_load_reads_it(tmp_path):
+    index = pipeline(tmp_path)
+    index.for_stage("g")  # loads f too; feat still reads fw.yaml
+    assert list(index._documents) == ["references/fw.yaml"]
+    index.for_stage("all")
+    assert index._documents == {}
 
 
 def test_get_unknown_partition_suggests_nearest(tmp_path):

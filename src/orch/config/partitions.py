@@ -12,8 +12,9 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from orch.config.blueprints import fill_placeholders
 from orch.config.documents import LineList, load_document
 from orch.config.frozen import FrozenDict
 from orch.config.output_paths import check_path_fields, dangling_link, is_inside, symlinks_in
+from orch.config.params import Params
 from orch.config.project import CONFIG_NAME, Project, Stage
 from orch.errors import ConfigError, PartitionError, did_you_mean
 
@@ -118,6 +120,7 @@ class PartitionIndex:
     def __init__(self, project: Project) -> None:
         self.project = project
         self._documents: dict[str, Any] = {}
+        self._shared_params: dict[str, Mapping[str, Any]] = {}
         self._stages: dict[str, tuple[Partition, ...]] = {}
         self._by_id: dict[str, dict[str, Partition]] = {}
         self._out_dirs: dict[str, tuple[str, str]] = {}
@@ -140,12 +143,20 @@ class PartitionIndex:
             stage = self.project.stage(name)
             for upstream in stage.upstream:
                 self.for_stage(upstream)
+            self._shared_params[name] = FrozenDict({**self.project.vars, **stage.vars})
             partitions = self._fan_in(stage) if stage.fan_in else self._fan_out(stage)
             self._check_needs(stage, partitions)
             ordered = tuple(sorted(partitions, key=sort_key))
             self._stages[name] = ordered
             self._by_id[name] = {p.id: p for p in ordered}
+            self._forget_documents()
         return self._stages[name]
+
+    def _forget_documents(self) -> None:
+        """Drop parsed references files no stage still to load reads (partitions keep their rows)."""
+        stages = self.project.stages.values()
+        pending = {s.partitions.path for s in stages if s.name not in self._stages and s.partitions}
+        self._documents = {rel: doc for rel, doc in self._documents.items() if rel in pending}
 
     def get(self, stage: str, partition_id: str) -> Partition:
         """Return one partition.
@@ -236,12 +247,13 @@ class PartitionIndex:
         priority: float,
     ) -> Partition:
         """Build a partition: params are project vars, stage vars, then `fields`."""
-        params = {**self.project.vars, **stage.vars, **fields}
+        row = FrozenDict(fields)
+        params = Params(self._shared_params[stage.name], row)
         return Partition(
             stage=stage.name,
             id=pid,
-            params=FrozenDict(params),
-            row=FrozenDict(fields),
+            params=params,
+            row=row,
             out_dir=self._out_dir(stage, params, pid, where, fields),
             source=where,
             children=children,
@@ -270,7 +282,7 @@ class PartitionIndex:
                     "partition ids must be unique within a stage",
                 )
             seen[pid] = where
-            fields = {str(k): v for k, v in row.items()}
+            fields = {sys.intern(str(k)): v for k, v in row.items()}  # one str per field name
             fields[id_field] = pid
             result.append((pid, fields, where, _priority(row.get("priority"), where)))
         return result
@@ -325,7 +337,7 @@ class PartitionIndex:
                         f"stages.{stage.name}.needs pairs partitions by id; give both stages the same ids",
                     )
                 extra.append((needed, partition.id))
-            partitions[index] = _with_children(partition, tuple(extra))
+            partitions[index] = replace(partition, children=partition.children + tuple(extra))
 
     def _out_dir(
         self, stage: Stage, params: Mapping[str, Any], pid: str, where: str, fields: Mapping[str, Any]
@@ -482,9 +494,3 @@ def _check_groups(
                 f"stage {stage.fan_in.from_stage}",
                 f"add partitions with {stage.fan_in.by}: {key}, or remove the group",
             )
-
-
-def _with_children(partition: Partition, extra: tuple[tuple[str, str], ...]) -> Partition:
-    from dataclasses import replace
-
-    return replace(partition, children=partition.children + extra)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from orch.config.frozen import FrozenDict
 from orch.config.partitions import Partition
 from orch.config.workspace import ChildKey, Fingerprint
 from orch.engine.states import PartitionState, Status, success_usage
@@ -25,7 +26,7 @@ from orch.store.manifest import Manifest, OutputFile
 if TYPE_CHECKING:
     from orch.engine.plan import Planner
 
-_EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
+_EMPTY: FrozenDict[str, Any] = FrozenDict()
 _EMPTY_PARTS: dict[str, Any] = {}
 COMPLETE, MISSING, FAILED = "c", "m", "f"
 _MANIFEST_PATH = f"{META_DIR}/{MANIFEST}"

@@ -41,7 +41,7 @@ class RunOptions:
     wait_locks_s: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """How one partition ended in a run.
 
@@ -49,6 +49,10 @@ class Outcome:
     failed, interrupted, blocked (an input failed), held (another orch process
     holds it), halted (not started after --halt-on or a budget), skipped (not
     selected, e.g. --retry-failed on a missing partition).
+
+    `manifest` is the partition's manifest for the later partitions of the run
+    that read it; the run summary's outcomes leave it out (None), so a run
+    keeps no manifest per partition.
     """
 
     stage: str

@@ -216,9 +216,10 @@ class Planner(DiskListings):
         fingerprint = self.ws.fingerprint(partition, prompt, agent, manifests)
         # Under the lock the text is used at once; otherwise render again on demand
         # (~4 KB a partition that `orch status` of 100k partitions never reads).
-        source: str | Callable[[], str] = (
-            prompt if holding_lock else lambda: self.ws.render(partition, manifests)
-        )
+        # (the closure holds the workspace, not the planner: a planner's states
+        # must be freed by refcount, not left for the cyclic collector)
+        render = self.ws.render
+        source: str | Callable[[], str] = prompt if holding_lock else lambda: render(partition, manifests)
         if manifest is not None:
             return self._judge(partition, stage, agent, manifest, fingerprint, prompt, manifests, source)
         if exists:

@@ -1,4 +1,4 @@
-"""Run partitions: one asyncio task per partition in scope, events, barriers, stop.
+"""Run partitions: an asyncio task per partition in scope, events, barriers, stop.
 
 A task waits for the upstream partitions it reads, re-assesses itself from
 disk, then runs attempts in a staging directory under the partition lock
@@ -6,15 +6,21 @@ disk, then runs attempts in a staging directory under the partition lock
 promoted atomically, one that fails is archived under `wip/attempts/` and
 retried with exponential backoff and full jitter. Each partition's phase
 (`orch.engine.lifecycle.Phase`) is readable while the run goes on.
+
+Tasks are made in start order as earlier ones end, a window per stage
+(`task_window`), so a run's memory does not grow with a task, an assessed
+state and a fingerprint for every one of 100k waiting partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 from orch.config.partitions import Partition
 from orch.config.workspace import ChildKey, Workspace
@@ -28,13 +34,24 @@ from orch.engine.selection import not_selected, select
 from orch.engine.staging import archive_all, clean_if_dead
 from orch.errors import BlueprintError
 from orch.executors import Executor
-from orch.store.barriers import BarrierEntry, BarrierReport, check_barrier
+from orch.store.barriers import BarrierEntry, BarrierReport, barrier_report
 from orch.store.faults import describe, error_class_of, traceback_of
 from orch.store.locks import PartitionLock
 from orch.store.manifest import Manifest, read_manifest
 from orch.store.runlog import EventSink
 
-__all__ = ["DONE", "Outcome", "Promoter", "RunOptions", "RunSummary", "Scheduler"]
+__all__ = ["DONE", "Outcome", "Promoter", "RunOptions", "RunSummary", "Scheduler", "task_window"]
+
+#: Live tasks per run slot of a stage, and at least `WINDOW_MIN`: enough that
+#: its run and prepare-ahead slots never wait for a task to be made, while
+#: up-to-date partitions stream past.
+WINDOW_PER_SLOT = 4
+WINDOW_MIN = 64
+
+
+def task_window(slots: int) -> int:
+    """Return how many partitions of a stage with `slots` run slots have a task at once."""
+    return max(WINDOW_MIN, WINDOW_PER_SLOT * slots)
 
 
 class Scheduler:
@@ -63,10 +80,11 @@ class Scheduler:
         self.log = self.ctx.log
         self.executor = self.ctx.executor
         self._futures: dict[ChildKey, asyncio.Future[Outcome]] = {}
-        self._tasks: list[asyncio.Task[Outcome]] = []
+        self._tasks: set[asyncio.Task[Outcome]] = set()
         self._stage_sizes: dict[str, int] = {}
-        self._stage_done: dict[str, list[Outcome]] = {}
+        self._stage_done: dict[str, Counter[str]] = {}
         self._barriers: dict[str, BarrierReport] = {}
+        self._crash: BaseException | None = None
 
     # -- public ---------------------------------------------------------------
 
@@ -112,11 +130,21 @@ class Scheduler:
         )
         loop = asyncio.get_running_loop()
         try:
-            for partition in partitions:
-                self._futures[(partition.stage, partition.id)] = loop.create_future()
-            for partition in partitions:
-                self._tasks.append(asyncio.create_task(self._partition_task(partition)))
-            summary.outcomes = list(await asyncio.gather(*self._tasks))
+            # a future only for what a later partition of this run reads: it carries the manifest
+            for key in self._read_in_run(partitions):
+                self._futures[key] = loop.create_future()
+            outcomes: list[Outcome | None] = [None] * len(partitions)
+            try:
+                await asyncio.gather(
+                    *(self._feed(partitions, lo, hi, outcomes) for lo, hi in _stage_ranges(partitions))
+                )
+            except asyncio.CancelledError:
+                for task in list(self._tasks):
+                    task.cancel()
+                raise
+            if self._crash is not None:
+                raise self._crash
+            summary.outcomes = [o for o in outcomes if o is not None]
             summary.barriers = [self._barriers[n] for n in self.options.stages if n in self._barriers]
         finally:
             await self.executor.aclose()
@@ -151,23 +179,83 @@ class Scheduler:
         self.ctx.stop_signal = signal_name
         self.ctx.stopping = True
         self.log.emit("interrupt_requested")
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
+
+    # -- tasks --------------------------------------------------------------------
+
+    def _read_in_run(self, partitions: Sequence[Partition]) -> set[ChildKey]:
+        """Return the partitions in scope that a partition in scope reads (fan-in, `needs`)."""
+        stages, only = set(self.options.stages), self.options.only
+        return {
+            key
+            for partition in partitions
+            for key in partition.children
+            if key[0] in stages and (only is None or key[1] in only)
+        }
+
+    async def _feed(
+        self, partitions: Sequence[Partition], start: int, end: int, outcomes: list[Outcome | None]
+    ) -> None:
+        """Make a task for each of `partitions[start:end]` (one stage) in start order, at
+        most `task_window` alive at once; return when all have ended. After `stop()` the
+        rest end as interrupted without a task.
+        """
+        size = task_window(self.ctx.slots.limit(self.ws.project.stage(partitions[start].stage)))
+        window = asyncio.Semaphore(size)
+        for index in range(start, end):
+            await window.acquire()
+            partition = partitions[index]
+            if self.ctx.stopping:
+                outcomes[index] = self._settle(partition, self._interrupted(partition))
+                window.release()
+                continue
+            task = asyncio.create_task(self._partition_task(partition))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._task_done, window, partition, index, outcomes))
+        for _ in range(size):  # every task of the stage has ended
+            await window.acquire()
+
+    def _task_done(
+        self,
+        window: asyncio.Semaphore,
+        partition: Partition,
+        index: int,
+        outcomes: list[Outcome | None],
+        task: asyncio.Task[Outcome],
+    ) -> None:
+        self._tasks.discard(task)
+        window.release()
+        if task.cancelled():  # by stop() before its first step
+            outcomes[index] = self._settle(partition, self._interrupted(partition))
+        elif task.exception() is not None:
+            self._crash = self._crash or task.exception()
+        else:
+            outcomes[index] = _summarised(task.result())
 
     # -- one partition ------------------------------------------------------------
 
+    def _interrupted(self, partition: Partition) -> Outcome:
+        self.log.emit("interrupted", stage=partition.stage, partition=partition.id)
+        return Outcome(partition.stage, partition.id, OutcomeStatus.INTERRUPTED, "interrupted (Ctrl-C)")
+
+    def _settle(self, partition: Partition, outcome: Outcome) -> Outcome:
+        """Record how `partition` ended: its phase, its future, its stage's count."""
+        self.ctx.settle(partition, outcome.status)
+        future = self._futures.get((partition.stage, partition.id))
+        if future is not None and not future.done():
+            future.set_result(outcome)
+        self._stage_finished_one(outcome)
+        return _summarised(outcome)
+
     async def _partition_task(self, partition: Partition) -> Outcome:
-        key = (partition.stage, partition.id)
         outcome = Outcome(
             partition.stage, partition.id, OutcomeStatus.INTERRUPTED, "interrupted before start"
         )
         try:
             outcome = await self._partition(partition)
         except asyncio.CancelledError:
-            outcome = Outcome(
-                partition.stage, partition.id, OutcomeStatus.INTERRUPTED, "interrupted (Ctrl-C)"
-            )
-            self.log.emit("interrupted", stage=partition.stage, partition=partition.id)
+            outcome = self._interrupted(partition)
         except BlueprintError as err:
             outcome = Outcome(partition.stage, partition.id, OutcomeStatus.FAILED, str(err))
             self.log.emit(
@@ -179,13 +267,7 @@ class Scheduler:
             )
         except Exception as err:  # one partition's trouble stays in that partition
             outcome = self._internal_failure(partition, err)
-        finally:
-            self.ctx.settle(partition, outcome.status)
-            future = self._futures[key]
-            if not future.done():
-                future.set_result(outcome)
-        self._stage_finished_one(outcome)
-        return outcome
+        return self._settle(partition, outcome)
 
     def _internal_failure(self, partition: Partition, err: Exception) -> Outcome:
         """Fail `partition` for an exception outside any attempt (e.g. staging on a full disk)."""
@@ -206,25 +288,19 @@ class Scheduler:
 
     def _stage_finished_one(self, outcome: Outcome) -> None:
         """Count a finished partition; check the stage's barrier after its last one."""
-        done = self._stage_done.setdefault(outcome.stage, [])
-        done.append(outcome)
-        if len(done) < self._stage_sizes.get(outcome.stage, 0) or self.ctx.stopping:
+        done = self._stage_done.setdefault(outcome.stage, Counter())
+        done[str(outcome.status)] += 1
+        if done.total() < self._stage_sizes.get(outcome.stage, 0) or self.ctx.stopping:
             return
-        counts: dict[str, int] = {}
-        for item in done:
-            counts[str(item.status)] = counts.get(str(item.status), 0) + 1
-        self.log.emit("stage_finished", stage=outcome.stage, counts=counts)
+        self.log.emit("stage_finished", stage=outcome.stage, counts=dict(done))
         # Outputs promoted by this run were checked in full just before promotion;
         # here size and mtime must still match what the manifest recorded (as in
         # `orch status`). `orch barrier STAGE` re-reads every file.
-        planner = Planner(self.ws, self.options.agent, deep=False)
         try:
-            report = check_barrier(
-                self.ws, outcome.stage, self.options.agent, planner, only=self.options.only
-            )
+            report = self._check_barrier(outcome.stage)
         except Exception as err:  # the outputs changed under us in a way no check expected
             entry = BarrierEntry("-", "error", "-", error_class_of(err), f"cannot check: {describe(err)}")
-            report = BarrierReport(outcome.stage, len(done), 0, (entry,))
+            report = BarrierReport(outcome.stage, done.total(), 0, (entry,))
         self._barriers[outcome.stage] = report
         self.log.emit(
             "barrier",
@@ -233,6 +309,23 @@ class Scheduler:
             complete=report.complete,
             total=report.total,
             missing=[e.__dict__ for e in report.entries[:20]],
+        )
+
+    def _check_barrier(self, name: str) -> BarrierReport:
+        """Check stage `name`'s barrier as `check_barrier` does, keeping one state at a time
+        (a planner's `stage_states` would keep a state and a manifest per partition)."""
+        planner = Planner(self.ws, self.options.agent, deep=False)
+        stage = self.ws.project.stage(name)
+        for upstream in stage.upstream:
+            planner.stage_states(upstream)
+        agent, only = planner.agent_for(stage), self.options.only
+        return barrier_report(
+            name,
+            (
+                planner.assess(p, agent, planner.child_manifests(p))
+                for p in self.ws.partitions.for_stage(name)
+                if only is None or p.id in only
+            ),
         )
 
     async def _partition(self, partition: Partition) -> Outcome:
@@ -279,3 +372,25 @@ class Scheduler:
                     return manifests, f"blocked: input {key[0]}/{key[1]} is {state.status.value}"
                 manifests[key] = state.manifest
         return manifests, ""
+
+
+def _stage_ranges(partitions: Sequence[Partition]) -> list[tuple[int, int]]:
+    """Return `(start, end)` of each stage's run of `partitions` (which come stage by stage)."""
+    ranges: list[tuple[int, int]] = []
+    for index, partition in enumerate(partitions):
+        if index and partition.stage == partitions[index - 1].stage:
+            ranges[-1] = (ranges[-1][0], index + 1)
+        else:
+            ranges.append((index, index + 1))
+    return ranges
+
+
+def _summarised(outcome: Outcome) -> Outcome:
+    """`outcome` as the run summary keeps it: without the manifest (only a later partition
+    of the run reads that, through its future)."""
+    if outcome.manifest is None:
+        return outcome
+    return Outcome(
+        outcome.stage, outcome.partition, outcome.status, outcome.reason,
+        outcome.attempts, outcome.duration_s, outcome.usage,
+    )  # fmt: skip

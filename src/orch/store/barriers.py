@@ -6,11 +6,11 @@ trusting manifests, and reports what is missing where.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from orch.config.workspace import Workspace
-from orch.engine.plan import Planner, Status
+from orch.engine.plan import PartitionState, Planner, Status
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,18 @@ def check_barrier(
         ConfigError: unknown stage or invalid configuration.
     """
     planner = planner or Planner(workspace, agent, deep=True)
-    entries: list[BarrierEntry] = []
-    complete = 0
     states = planner.stage_states(stage)
     if only:
         states = [s for s in states if s.partition.id in only]
+    return barrier_report(stage, states)
+
+
+def barrier_report(stage: str, states: Iterable[PartitionState]) -> BarrierReport:
+    """Return the barrier of `stage` from its partitions' states (read one at a time)."""
+    entries: list[BarrierEntry] = []
+    complete = total = 0
     for state in states:
+        total += 1
         if state.is_complete:
             complete += 1
             continue
@@ -91,4 +97,4 @@ def check_barrier(
             entries.extend(BarrierEntry(pid, status, f.file, f.rule, f.detail) for f in state.findings)
         else:
             entries.append(BarrierEntry(pid, status, "-", status, state.reason))
-    return BarrierReport(stage, len(states), complete, tuple(entries))
+    return BarrierReport(stage, total, complete, tuple(entries))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -150,16 +151,24 @@ def _device(path: Path) -> int | None:
         return None
 
 
+@functools.cache
+def _libc_syncfs() -> Any:
+    """libc's syncfs, looked up once: each `ctypes.CDLL` makes a class, a reference
+    cycle that stays in memory until a full collection (one per group commit)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
 def _syncfs(root: Path) -> bool:
     """Flush every dirty page of `root`'s filesystem (Linux syncfs(2)); False if unavailable.
 
     One syncfs replaces an fsync per file and directory when many partitions are
     promoted together (measured: ~1.2 ms per partition of fsyncs on this disk).
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs = libc.syncfs
-    except (OSError, AttributeError):
+    syncfs = _libc_syncfs()
+    if syncfs is None:
         return False
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
