@@ -19,7 +19,6 @@ import functools
 import os
 import random
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from orch.config.partitions import Partition
@@ -28,13 +27,12 @@ from orch.engine.context import RunContext
 from orch.engine.lifecycle import ErrorClass, OutcomeStatus, Phase, Trigger
 from orch.engine.outcomes import DONE, Outcome, RunOptions, RunSummary
 from orch.engine.partition import PartitionRun
-from orch.engine.plan import Planner
 from orch.engine.promotion import Promoter
 from orch.engine.selection import not_selected, select
+from orch.engine.stage_ends import StageEnds
 from orch.engine.staging import archive_all, clean_if_dead
 from orch.errors import BlueprintError
 from orch.executors import Executor
-from orch.store.barriers import BarrierEntry, BarrierReport, barrier_report
 from orch.store.faults import describe, error_class_of, traceback_of
 from orch.store.locks import PartitionLock
 from orch.store.manifest import Manifest, read_manifest
@@ -81,9 +79,7 @@ class Scheduler:
         self.executor = self.ctx.executor
         self._futures: dict[ChildKey, asyncio.Future[Outcome]] = {}
         self._tasks: set[asyncio.Task[Outcome]] = set()
-        self._stage_sizes: dict[str, int] = {}
-        self._stage_done: dict[str, Counter[str]] = {}
-        self._barriers: dict[str, BarrierReport] = {}
+        self._ends = StageEnds(self.ws, self.options, self.ctx, self.log)
         self._crash: BaseException | None = None
 
     # -- public ---------------------------------------------------------------
@@ -120,7 +116,7 @@ class Scheduler:
         partitions = self.scope()
         ctx.halt.scheduled = len(partitions)
         for partition in partitions:
-            self._stage_sizes[partition.stage] = self._stage_sizes.get(partition.stage, 0) + 1
+            self._ends.sizes[partition.stage] = self._ends.sizes.get(partition.stage, 0) + 1
             ctx.phases[(partition.stage, partition.id)] = Phase.WAITING_FOR_INPUTS
         start = getattr(self.executor, "start", None)
         if start is not None:  # a cluster executor connects and checks its workers first
@@ -145,7 +141,8 @@ class Scheduler:
             if self._crash is not None:
                 raise self._crash
             summary.outcomes = [o for o in outcomes if o is not None]
-            summary.barriers = [self._barriers[n] for n in self.options.stages if n in self._barriers]
+            barriers = self._ends.barriers
+            summary.barriers = [barriers[n] for n in self.options.stages if n in barriers]
         finally:
             await self.executor.aclose()
             ctx.fs.shutdown(wait=True)
@@ -245,7 +242,7 @@ class Scheduler:
         future = self._futures.get((partition.stage, partition.id))
         if future is not None and not future.done():
             future.set_result(outcome)
-        self._stage_finished_one(outcome)
+        self._ends.finished_one(outcome)
         return _summarised(outcome)
 
     async def _partition_task(self, partition: Partition) -> Outcome:
@@ -285,48 +282,6 @@ class Scheduler:
         )
         self.log.note(f"- **{partition.stage} / {partition.id}** failed: {error}", "failures")
         return Outcome(partition.stage, partition.id, OutcomeStatus.FAILED, error)
-
-    def _stage_finished_one(self, outcome: Outcome) -> None:
-        """Count a finished partition; check the stage's barrier after its last one."""
-        done = self._stage_done.setdefault(outcome.stage, Counter())
-        done[str(outcome.status)] += 1
-        if done.total() < self._stage_sizes.get(outcome.stage, 0) or self.ctx.stopping:
-            return
-        self.log.emit("stage_finished", stage=outcome.stage, counts=dict(done))
-        # Outputs promoted by this run were checked in full just before promotion;
-        # here size and mtime must still match what the manifest recorded (as in
-        # `orch status`). `orch barrier STAGE` re-reads every file.
-        try:
-            report = self._check_barrier(outcome.stage)
-        except Exception as err:  # the outputs changed under us in a way no check expected
-            entry = BarrierEntry("-", "error", "-", error_class_of(err), f"cannot check: {describe(err)}")
-            report = BarrierReport(outcome.stage, done.total(), 0, (entry,))
-        self._barriers[outcome.stage] = report
-        self.log.emit(
-            "barrier",
-            stage=outcome.stage,
-            met=report.met,
-            complete=report.complete,
-            total=report.total,
-            missing=[e.__dict__ for e in report.entries[:20]],
-        )
-
-    def _check_barrier(self, name: str) -> BarrierReport:
-        """Check stage `name`'s barrier as `check_barrier` does, keeping one state at a time
-        (a planner's `stage_states` would keep a state and a manifest per partition)."""
-        planner = Planner(self.ws, self.options.agent, deep=False)
-        stage = self.ws.project.stage(name)
-        for upstream in stage.upstream:
-            planner.stage_states(upstream)
-        agent, only = planner.agent_for(stage), self.options.only
-        return barrier_report(
-            name,
-            (
-                planner.assess(p, agent, planner.child_manifests(p))
-                for p in self.ws.partitions.for_stage(name)
-                if only is None or p.id in only
-            ),
-        )
 
     async def _partition(self, partition: Partition) -> Outcome:
         ctx = self.ctx

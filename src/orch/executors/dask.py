@@ -28,6 +28,7 @@ from orch.config.executor import ExecutorConfig
 from orch.config.project import AgentConfig
 from orch.errors import ConfigError, UsageError
 from orch.executors import AgentLimiters, LocalExecutor
+from orch.executors.dask_checks import WorkerChecks, describe
 from orch.executors.job import AttemptJob, plain
 
 #: Bound on a broadcast kill (`client.run`; 7 ms measured on a quiet cluster).
@@ -37,7 +38,7 @@ _KILL_WAIT_S = 10.0
 _TIMEOUT_SLACK_S = 30.0
 
 
-class DaskExecutor:
+class DaskExecutor(WorkerChecks):
     """Runs attempts on the Dask cluster at `config.scheduler` (see the module doc).
 
     Args:
@@ -90,7 +91,7 @@ class DaskExecutor:
         except Exception as err:  # refused, timed out, or not a Dask scheduler at all (garbage replies)
             await self.aclose()
             raise ConfigError(
-                f"cannot use the Dask cluster at {address}: {_describe(err)}",
+                f"cannot use the Dask cluster at {address}: {describe(err)}",
                 f"start `dask scheduler` and `orch worker {address}` on each host, or run without --executor",
             ) from err
         try:
@@ -99,7 +100,7 @@ class DaskExecutor:
         except Exception as err:  # e.g. a worker without orch installed cannot unpickle the check
             await self.aclose()
             raise ConfigError(
-                f"cannot check the workers of {address}: {type(err).__name__}: {_describe(err)}",
+                f"cannot check the workers of {address}: {type(err).__name__}: {describe(err)}",
                 f"start the workers with `orch worker {address}` where orch is installed",
             ) from err
         problems = [f"worker {w}: {why}" for w, why in sorted(reports.items()) if why]
@@ -119,108 +120,6 @@ class DaskExecutor:
             identity = await self._client.scheduler.identity()
             for worker in set(identity.get("workers", {})) - self.checked:
                 self._check_later(worker)
-
-    def defer_command_checks(self, agents: list[AgentConfig]) -> None:
-        """Look up these command agents' commands on the workers when connecting, not here.
-
-        Pre-flight skips the orchestrator-side lookup for them; `start` runs it
-        on every worker that offers the agent's resources and raises
-        PreflightFailed (naming agent and worker) where it is missing.
-        """
-        self._commands = {a.name: a for a in agents if self._on_cluster(a) and a.backend == "command"}
-
-    async def _check_commands(self, address: str | None, workers: list[str]) -> None:
-        """Raise PreflightFailed if a worker that may run a command agent lacks its command."""
-        if not self._commands:
-            return
-        from orch.engine.preflight import PreflightFailed
-        from orch.executors.dask_worker import find_commands
-
-        try:
-            found = await self._client.run(find_commands, str(self.root), self._wanted(), workers=workers)
-        except Exception as err:
-            await self.aclose()
-            raise ConfigError(
-                f"cannot check the agents' commands on the workers of {address}: {_describe(err)}",
-                f"start the workers with `orch worker {address}` where orch is installed",
-            ) from err
-        missing: dict[str, list[str]] = {}
-        for worker, names in sorted(found.items()):
-            for name in names:
-                missing.setdefault(name, []).append(worker)
-        if not missing:
-            return
-        await self.aclose()
-        lines = []
-        for name, where in sorted(missing.items()):
-            agent = self._commands[name]
-            argv0 = agent.settings["command"][0]
-            lines.append(
-                f"agent {name}: command {argv0!r} not found on worker(s) {', '.join(where)} "
-                f"(orch.yaml:{agent.line}: agents.{name}.command; looked up on the workers, which run it)"
-            )
-        raise PreflightFailed(
-            f"pre-flight: {len(lines)} agent(s) cannot run on the Dask cluster; nothing was started:\n  "
-            + "\n  ".join(lines),
-            "install the command on every worker host that offers the agent's resources, or give its path",
-        )
-
-    @property
-    def command_agents(self) -> list[str]:
-        """Names of the agents given to `defer_command_checks` that run on the cluster."""
-        return sorted(self._commands)
-
-    def _wanted(self) -> list[tuple[str, str, str | None, dict[str, float]]]:
-        """(agent, command[0], its PATH or None, its resources) per deferred command agent."""
-        return [
-            (a.name, str(a.settings["command"][0]), dict(a.settings.get("env", {})).get("PATH"),
-             dict(a.settings.get("resources") or {}))
-            for a in self._commands.values()
-        ]  # fmt: skip
-
-    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
-        """Scheduler events: check a worker that joins; forget one that leaves."""
-        message = event[1]
-        if not isinstance(message, dict):
-            return
-        worker = message.get("worker")
-        if message.get("action") == "add-worker" and isinstance(worker, str):
-            self._check_later(worker)
-        elif message.get("action") == "remove-worker" and isinstance(worker, str):
-            self.checked.discard(worker)
-
-    def _check_later(self, worker: str) -> None:
-        task = asyncio.ensure_future(self._check_new(worker))
-        self._checks.add(task)
-        task.add_done_callback(self._checks.discard)
-
-    async def _check_new(self, worker: str) -> None:
-        """Check a worker that joined after connecting; only a passing one gets attempts."""
-        from orch import __version__
-        from orch.executors.dask_worker import check_worker, sweep_orphans
-
-        try:
-            reports = await self._client.run(check_worker, str(self.root), __version__, workers=[worker])
-            why = reports.get(worker, "did not answer the check")
-            if not why and self._commands:
-                why = await self._command_problem(worker)
-        except Exception as err:  # e.g. orch missing there: the check cannot even be unpickled
-            why = f"cannot be checked: {type(err).__name__}: {_describe(err)}"
-        if why:
-            self.refused[worker] = why
-            logging.getLogger("orch").warning("Dask worker %s gets no attempts: %s", worker, why)
-            return
-        with contextlib.suppress(Exception):  # agents a dead worker left on that host, if any
-            live = set((await self._client.scheduler.identity()).get("workers", {})) | {worker}
-            await self._client.run(sweep_orphans, str(self.root), sorted(live), workers=[worker])
-        self.checked.add(worker)
-
-    async def _command_problem(self, worker: str) -> str | None:
-        from orch.executors.dask_worker import find_commands
-
-        found = await self._client.run(find_commands, str(self.root), self._wanted(), workers=[worker])
-        names = found.get(worker) or []
-        return f"lacks the command of agent(s) {', '.join(names)}" if names else None
 
     @property
     def _topic(self) -> str:
@@ -417,10 +316,6 @@ async def _first_result(
 def _fail_fast(dask_scheduler: Any) -> None:
     """A worker dying mid-attempt fails the task at once (KilledWorker), never a silent rerun."""
     dask_scheduler.allowed_failures = 0
-
-
-def _describe(err: BaseException) -> str:
-    return str(err) or type(err).__name__
 
 
 def wait_for_outputs(spec: AttemptSpec, latency_wait_s: float) -> bool:
