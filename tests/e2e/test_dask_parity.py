@@ -108,7 +108,7 @@ def test_this_repositorys_pipeline_on_dask_matches_local(tmp_path: Path, cluster
     ("stage", "script", "args", "exit_code"),
     [
         pytest.param(
-            {"n_items": 6, "timeout": "1s", "retries": 2, "retry_on": [75]},
+            {"n_items": 6, "timeout": "3s", "retries": 2, "retry_on": [75]},
             MIXED,
             ["stage", "run", "work"],
             3,
