@@ -157,6 +157,20 @@ def test_after_kill_9_a_partition_prepared_but_never_started_is_not_an_attempt(m
     assert sorted(os.listdir(project.root / "wip/attempts/work")) == ["item01"]
 
 
+def agents_working_in(directory: Path) -> list[int]:
+    """Pids of processes whose working directory lies in `directory` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                continue
+            if cwd.startswith(f"{directory}/"):
+                found.append(int(entry))
+    return found
+
+
 def _observe(project, seen: list[list[str]]) -> None:
     """One observation: no partition directory without a valid manifest."""
     seen.append(stray_dirs(project))
@@ -202,6 +216,9 @@ def test_kill_9_rounds_then_rerun_finish_without_redoing_complete_work(make_proj
         # No agent outlives its orchestrator (its reaper). Sleeping agents would also end
         # on their own: test_sigkill_orch_leaves_no_orphaned_agent is the strict version.
         wait_gone([i["pid"] for i in project.invocations()])
+        # an agent started just before the kill may not have logged itself yet: wait
+        # for every process working in the project's data/ to be gone, so none logs late
+        wait_until(lambda: not agents_working_in(project.root / "data"), what="the killed run's agents")
         assert staging_dirs(project), "killed mid-attempt: staging dirs are left for the next run"
         assert complete_before <= _complete(project) < everything
 
