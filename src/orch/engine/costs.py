@@ -77,13 +77,21 @@ class Spending:
     _trios: dict[tuple[str, str], tuple[Totals, Totals, Totals]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    _parsed: dict[int, tuple[dict[str, Any], tuple[int, int], float | None]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def add(self, stage: str, agent: str, key: tuple[str, str], usage: dict[str, Any]) -> None:
         """Count one attempt of partition `key` by `agent` (untrusted numbers are skipped)."""
-        tokens, cost = (0, 0), None
-        if usage:  # rehearsal and many CLIs report nothing
-            tokens = (_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
-            cost = _dollars(usage.get("cost_usd"))
+        parsed = self._parsed.get(id(usage))
+        if parsed is None or parsed[0] is not usage:
+            tokens, cost = (0, 0), None
+            if usage:  # rehearsal and many CLIs report nothing
+                tokens = (_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
+                cost = _dollars(usage.get("cost_usd"))
+            # usage records shared by many manifests (the status index) are read once
+            parsed = self._parsed[id(usage)] = (usage, tokens, cost)
+        _, tokens, cost = parsed
         trio = self._trios.get((stage, agent))
         if trio is None:
             trio = self._trios[stage, agent] = (

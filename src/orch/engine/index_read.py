@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from orch.config.frozen import FrozenDict
 from orch.config.partitions import Partition
 from orch.config.workspace import ChildKey, Fingerprint
-from orch.engine.states import PartitionState, Status, success_usage
+from orch.engine.states import ManifestFacts, PartitionState, Status, success_usage
 from orch.store.checks import META_DIR, Finding
 from orch.store.layout import MANIFEST
 from orch.store.manifest import Manifest, OutputFile
@@ -90,6 +90,8 @@ class Columns:
         if len(self.kinds) != n or any(len(column) != n for column in lists):
             raise ValueError("columns of different lengths")
         self._usage: dict[tuple[int, int, int, int], Any] = {}
+        self._parent: str | None = None
+        self._listing: Any = None
         # for partition i: its row among complete partitions (manifest fields),
         # and where that row's outputs start
         self._row = array("q", bytes(8 * n))
@@ -113,7 +115,9 @@ class Columns:
         planner, stage = self.planner, self.stage
         kind, pid, out_dir = self.kinds[i], self.ids[i], self.out[i]
         parent, _, name = out_dir.rpartition("/")
-        listing = planner.listing_of_parent(parent)
+        if parent != self._parent:  # partitions of a stage mostly share one parent directory
+            self._parent, self._listing = parent, planner.listing_of_parent(parent)
+        listing = self._listing
         if name in listing.staging or name in listing.links or (name in listing.names) != (kind == COMPLETE):
             return None
         if planner.has_archived(stage, pid):
@@ -169,15 +173,28 @@ class Columns:
             self._usage[key] = of_manifest(self.manifest(i))
         return self._usage[key]
 
-    def manifest(self, i: int) -> Manifest:
-        """The slim manifest of complete partition i, as recorded."""
+    def facts(self, i: int) -> ManifestFacts | None:
+        """Attempt, usage, duration and worker of complete partition i's manifest."""
+        if self.kinds[i] != COMPLETE:
+            return None
+        row = self._row[i]
+        attempts = self.tables["attempts"][self.refs["attempts"][row]]
+        worker = attempts[-1].get("worker") if attempts else None
+        duration_s = round(self.times[2 * row + 1] - self.times[2 * row], 3)
+        return ManifestFacts(
+            self.attempt[row], self.tables["usage"][self.refs["usage"][row]], duration_s, worker
+        )
+
+    def manifest(self, i: int, outputs: bool = True) -> Manifest:
+        """The slim manifest of complete partition i, as recorded (without its
+        output list if not `outputs`)."""
         row = self._row[i]
         first = self._first[row]
         pid = self.ids[i]
         tables, refs = self.tables, self.refs
         files = [
             OutputFile(self.opath[k], self.osize[k], self.omtime[k], "")
-            for k in range(first, first + self.nout[row])
+            for k in range(first, first + self.nout[row] if outputs else first)
         ]
         return Manifest(
             stage=self.stage,
@@ -329,6 +346,15 @@ class IndexedState(PartitionState):
     @property
     def fingerprint(self) -> Fingerprint:
         return indexed_fingerprint(self._columns, self._i)
+
+    def slim_manifest(self) -> Manifest | None:
+        if self._columns.kinds[self._i] != COMPLETE:
+            return None
+        return self._columns.manifest(self._i, outputs=False)
+
+    def manifest_facts(self) -> ManifestFacts | None:
+        """As `PartitionState.manifest_facts`, read from the columns (no manifest built)."""
+        return self._columns.facts(self._i)
 
     @property
     def prompt_source(self) -> Callable[[], str]:

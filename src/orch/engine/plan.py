@@ -136,7 +136,7 @@ class Planner(DiskListings):
                 afresh = True
                 partition = self.ws.partitions.get(stage.name, columns.ids[i])
                 state = self.assess(partition, agent, self.child_manifests(partition))
-            states[state.id] = state
+            states[columns.ids[i]] = state
         return states, afresh
 
     def save_index(self) -> None:

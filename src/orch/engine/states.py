@@ -9,12 +9,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from orch.config.partitions import Partition
 from orch.config.workspace import ChildKey, Fingerprint
 from orch.store.checks import Finding
 from orch.store.manifest import Manifest
+
+
+class ManifestFacts(NamedTuple):
+    """What `orch status STAGE` and the snapshot show of a partition's manifest.
+
+    Attributes:
+        attempt: The attempt that made the outputs in place.
+        usage: Its usage record (`input_tokens`, `output_tokens`, `cost_usd`, ...).
+        duration_s: Seconds from that attempt's start to promotion.
+        worker: The Dask worker that ran the last attempt, or None.
+    """
+
+    attempt: int
+    usage: dict[str, Any]
+    duration_s: float
+    worker: str | None
 
 
 class Status(Enum):
@@ -69,6 +85,19 @@ class PartitionState:
         """The current rendered prompt; None while inputs are not complete."""
         source = self.prompt_source
         return source() if callable(source) else source
+
+    def slim_manifest(self) -> Manifest | None:
+        """The manifest, for views that read only its usage, attempts and timings
+        (a state rebuilt from the status index leaves its outputs out)."""
+        return self.manifest
+
+    def manifest_facts(self) -> ManifestFacts | None:
+        """What the per-partition views show of the manifest; None without one."""
+        manifest = self.manifest
+        if manifest is None:
+            return None
+        worker = manifest.attempts[-1].get("worker") if manifest.attempts else None
+        return ManifestFacts(manifest.attempt, manifest.usage, manifest.duration_s, worker)
 
     def key(self) -> tuple[str, str]:
         """`(stage, partition id)`."""

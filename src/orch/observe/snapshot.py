@@ -278,7 +278,7 @@ class _Join:
         return StageView(name, views, counts, phases, barrier, cost_usd, _sum(v.tokens for v in views))
 
     def partition(self, state: PartitionState) -> PartitionView:
-        stage, pid, manifest = state.stage, state.id, state.manifest
+        stage, pid, manifest = state.stage, state.id, state.slim_manifest()
         live = self.progress.partitions.get((stage, pid)) if self.progress else None
         phase, live_reason = self._phase(state, live)
         archived = self.planner.has_archived(stage, pid)

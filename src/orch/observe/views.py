@@ -23,14 +23,17 @@ def print_table(
 ) -> None:
     """Print a table: a rich table on a terminal, aligned plain columns otherwise
     (no colour, no trailing blanks: easy to grep, cut and diff)."""
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [[v if type(v) is str else "" if v is None else str(v) for v in row] for row in rows]
     if console.is_terminal:
         console.print(_rich_table(title, columns, cells, console.width), markup=False)
         return
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    by_column = list(zip(*cells, strict=True)) if cells else [()] * len(columns)
+    widths = [
+        max(len(c), max(map(len, values), default=0)) for c, values in zip(columns, by_column, strict=True)
+    ]
+    line = "  ".join(f"%-{w}s" for w in widths)  # each cell padded to its width, as str.ljust
     lines = [title] if title else []
-    for row in [list(columns), *cells]:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    lines += [(line % tuple(row)).rstrip() for row in [list(columns), *cells]]
     console.file.write("\n".join(lines) + "\n")
 
 
@@ -152,10 +155,11 @@ def print_json(console: Any, data: Any) -> None:
 
 def plan_action(state: PartitionState) -> str:
     """Return what `orch stage run` would do: run, skip, wait, held or kept."""
+    status = state.status
+    if status is Status.COMPLETE:
+        return "skip" if state.kept is None else "kept"
     if state.kept is not None:
         return "kept"
-    if state.status is Status.COMPLETE:
-        return "skip"
     if state.is_held:
         return "held"
     if state.waiting_on:
@@ -208,28 +212,37 @@ def status_overview(planner: Planner) -> list[dict[str, Any]]:
 def status_rows(planner: Planner, states: Sequence[PartitionState]) -> list[dict[str, Any]]:
     """Per partition: status, attempts, duration, tokens, cost, last error."""
     rows = []
+    tokens_of: dict[int, tuple[dict[str, Any], int | None]] = {}  # usage records are often shared
     for s in states:
-        manifest = s.manifest
-        usage = manifest.usage if manifest else {}
-        tokens = None
-        if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
-            tokens = (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0)
-        archived = planner.has_archived(s.stage, s.id)
-        numbers = {n for n, _ in planner.archived(s.partition)} if archived else set()
-        if manifest:
-            numbers.add(manifest.attempt)
-        error = s.last_error or current_error(planner, s)
+        facts = s.manifest_facts()
+        usage = facts.usage if facts else {}
+        known = tokens_of.get(id(usage))
+        if known is None or known[0] is not usage:
+            tokens = None
+            if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
+                tokens = (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0)
+            known = tokens_of[id(usage)] = (usage, tokens)
+        pid, status = s.id, s.status
+        if planner.has_archived(s.stage, pid):
+            numbers = {n for n, _ in planner.archived(s.partition)}
+            if facts:
+                numbers.add(facts.attempt)
+            attempts = len(numbers)
+            error = s.last_error or current_error(planner, s)
+        else:  # the common case, at 100k: no archived attempt to count or read
+            attempts = 1 if facts else 0
+            error = s.last_error or (None if status is Status.COMPLETE else current_error(planner, s))
         rows.append(
             {
-                "id": s.id,
-                "status": s.status.value,
-                "attempts": len(numbers),
-                "duration_s": manifest.duration_s if manifest else None,
-                "tokens": tokens,
+                "id": pid,
+                "status": status.value,
+                "attempts": attempts,
+                "duration_s": facts.duration_s if facts else None,
+                "tokens": known[1],
                 "cost_usd": usage.get("cost_usd"),
-                "last_error": (error or {}).get("error"),
+                "last_error": error.get("error") if error else None,
                 "reason": s.reason,
-                "worker": manifest.attempts[-1].get("worker") if manifest and manifest.attempts else None,
+                "worker": facts.worker if facts else None,
             }
         )
     return rows

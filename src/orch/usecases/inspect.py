@@ -149,7 +149,9 @@ def plan_summary(
     for _, states in planned:
         for state in states:
             actions[plan_action(state)] += 1
-    dollars, unknown = estimate(planner, planned, spending(planner))
+    dollars, unknown = 0.0, list[str]()
+    if actions["run"] or actions["wait"]:  # the history is read only when something would run
+        dollars, unknown = estimate(planner, planned, spending(planner))
     planner.save_index()
     return planned, PlanSummary(actions, dollars, unknown)
 
