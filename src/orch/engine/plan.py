@@ -107,20 +107,24 @@ class Planner(DiskListings):
             for upstream in stage.upstream:
                 self.stage_states(upstream)
             agent = self.agent_for(stage)
-            entries, afresh = None, True
-            if self.index is not None:
-                hashes = (self.ws.agent_digest(agent), self.ws.expect_digest(stage))
-                entries = self.index.columns(stage, agent, hashes, self)
-            if entries is None:
-                states = {
+            if self.index is None:
+                self._states[name] = {
                     p.id: self.assess(p, agent, self.child_manifests(p))
                     for p in self.ws.partitions.for_stage(name)
                 }
+                return list(self._states[name].values())
+            hashes = (self.ws.agent_digest(agent), self.ws.expect_digest(stage))
+            columns = self.index.columns(stage, agent, hashes, self)
+            if columns is None:
+                judged: Iterable[PartitionState] = (
+                    self.assess(p, agent, self.child_manifests(p)) for p in self.ws.partitions.for_stage(name)
+                )
+                self._states[name] = self.index.compact(stage, agent, hashes, judged, self)
             else:
-                states, afresh = self._from_index(stage, agent, hashes, entries)
-            self._states[name] = states
-            if self.index is not None and afresh:
-                self.index.record(stage, agent, hashes, list(states.values()))
+                states, afresh = self._from_index(stage, agent, hashes, columns)
+                if afresh:
+                    states = self.index.compact(stage, agent, hashes, states.values(), self)
+                self._states[name] = states
         return list(self._states[name].values())
 
     def _from_index(

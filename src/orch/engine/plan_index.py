@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 from array import array
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -106,22 +107,39 @@ class StatusIndex:
         """True if the stage's states can be kept here (no `glob` expect rule)."""
         return self.deps is not None and all(rule.glob is None for rule in stage.expect)
 
-    def record(
-        self, stage: Stage, agent: AgentConfig, hashes: tuple[str, str], states: list[PartitionState]
-    ) -> None:
-        """Keep the states of a stage judged now, to be written by `save`.
+    def compact(
+        self,
+        stage: Stage,
+        agent: AgentConfig,
+        hashes: tuple[str, str],
+        states: Iterable[PartitionState],
+        planner: Planner,
+    ) -> dict[str, PartitionState]:
+        """Record a stage's states as they are judged, to be written by `save`, and
+        return them by id with each recorded one replaced by its `IndexedState`.
 
-        A stage is indexed whole or not at all: one state that cannot be reused
-        (running, stale, incomplete, ...) leaves the stage out.
+        `states` may be a generator: a full state (with its manifest) is dropped
+        as soon as it is recorded, so judging 100,000 partitions never holds
+        100,000 manifests. A stage is written whole or not at all: one state that
+        cannot be reused (running, stale, incomplete, ...) leaves it out.
         """
         self._stages.pop(stage.name, None)
         if not self.indexable(stage):
-            return
+            return {state.id: state for state in states}
         builder = _Builder(self.ws.root, hashes, self._seen)
+        kept: dict[str, PartitionState | int] = {}
+        whole = True
         for state in states:
-            if not builder.add(state):
-                return
-        self._judged[stage.name] = {"agent": [agent.name, *hashes], **builder.columns()}
+            if builder.add(state):
+                kept[state.id] = len(builder.ids) - 1
+            else:
+                whole = False
+                kept[state.id] = state
+        record = {"agent": [agent.name, *hashes], **builder.columns()}
+        if whole:
+            self._judged[stage.name] = record
+        columns = Columns(record, planner, stage.name, hashes)
+        return {pid: IndexedState(columns, v) if isinstance(v, int) else v for pid, v in kept.items()}
 
     def save(self) -> None:
         """Write the index if any stage was judged afresh (atomically; errors ignored)."""
@@ -181,7 +199,7 @@ class _Builder:
         self._seen: dict[str, dict[bytes, int]] = {"agent": {}, "usage": {}, "attempts": {}}
 
     def add(self, state: PartitionState) -> bool:
-        """Add one state; False if it cannot be reused later."""
+        """Add one state; False (adding nothing) if it cannot be reused later."""
         partition, manifest, fp = state.partition, state.manifest, state.fingerprint
         if fp is None or state.waiting_on or state.findings or (fp.agent, fp.expect) != self.hashes:
             return False
@@ -191,17 +209,16 @@ class _Builder:
             kind = MISSING
         elif state.status is Status.FAILED and manifest is None and state.last_error is not None:
             kind = FAILED
-            self.sparse["error"][partition.id] = state.last_error
         else:
             return False
         recorded = state.recorded() if isinstance(state, IndexedState) else self.judged.get(state.key())
-        if recorded is None:
+        if recorded is None or not all(is_hash(h) for h in (fp.value, fp.prompt)):
             return False
         sig, archived = recorded
-        if kind == COMPLETE and (sig is None or not self._add_manifest(partition, manifest, fp.value, sig)):  # type: ignore[arg-type]
-            return False
-        if not all(is_hash(h) for h in (fp.value, fp.prompt)):
-            return False
+        if kind == COMPLETE:
+            if sig is None or manifest is None or not is_hash(manifest.output_fingerprint):
+                return False
+            self._add_manifest(manifest, fp.value, sig)
         pid = partition.id
         self.ids.append(pid)
         self.kinds.append(kind)
@@ -211,6 +228,8 @@ class _Builder:
         self.children.append([[s, i, fp.inputs.get(f"{s}/{i}", "")] for s, i in partition.children])
         self.fp.append(fp.value)
         self.prompt.append(fp.prompt)
+        if kind == FAILED:
+            self.sparse["error"][pid] = state.last_error
         if archived:
             self.sparse["archived"][pid] = archived
         if state.reason != _DEFAULT_REASON.get(kind):
@@ -219,17 +238,13 @@ class _Builder:
             self.sparse["kept"][pid] = state.kept
         return True
 
-    def _add_manifest(
-        self, partition: Partition, manifest: Manifest, fingerprint: str, sig: list[int]
-    ) -> bool:
+    def _add_manifest(self, manifest: Manifest, fingerprint: str, sig: list[int]) -> None:
         self.msig += sig
         self.nout.append(len(manifest.outputs))
         for output in manifest.outputs:
             self.opath.append(output.path)
             self.osize.append(output.bytes)
             self.omtime.append(output.mtime_ns)
-        if not is_hash(manifest.output_fingerprint):
-            return False
         self.ofp.append(manifest.output_fingerprint)
         self.attempt.append(manifest.attempt)
         self.run.append(manifest.run_id)
@@ -246,8 +261,7 @@ class _Builder:
                 self.tables[name].append(value)
             self.refs[name].append(self._seen[name][key])
         if manifest.fingerprint != fingerprint:
-            self.sparse["made_for"][partition.id] = manifest.fingerprint
-        return True
+            self.sparse["made_for"][manifest.partition] = manifest.fingerprint
 
     def columns(self) -> dict[str, Any]:
         """The stage's record as stored in index.json."""
