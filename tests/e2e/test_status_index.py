@@ -101,6 +101,12 @@ def archived_failure(root: Path) -> None:
     (attempt / "error.json").write_text(json.dumps(record))
 
 
+def rerun_one(root: Path) -> None:
+    """A run since: a new manifest for the same fingerprint (judged again without a render)."""
+    target = sorted(p for p in deep(root).iterdir() if not p.name.startswith("."))[13]
+    assert orch(root, "stage", "run", "deep_research", "--only", target.name, "--force").returncode == 0
+
+
 def garbage_index(root: Path) -> None:
     (root / "wip/cache/status/index.json").write_bytes(b'{"format": 1, "deps": 7, "stages": [1,')
 
@@ -119,6 +125,7 @@ CHANGES: list[Callable[[Path], None]] = [
     staging_beside,
     remove_partition,
     archived_failure,
+    rerun_one,
     edit_blueprint,
     edit_row,
     garbage_index,

@@ -19,12 +19,17 @@ from orch.config.frozen import FrozenDict
 from orch.config.partitions import Partition
 from orch.config.workspace import ChildKey, Fingerprint
 from orch.engine.states import ManifestFacts, PartitionState, Status, success_usage
-from orch.store.checks import META_DIR, Finding
+from orch.store.checks import META_DIR, Finding, check_outputs
+from orch.store.integrity import find_modified
 from orch.store.layout import MANIFEST
-from orch.store.manifest import Manifest, OutputFile
+from orch.store.manifest import Manifest, OutputFile, read_manifest
 
 if TYPE_CHECKING:
+    from orch.config.project import AgentConfig
     from orch.engine.plan import Planner
+
+#: The offline agent's backend (orch.engine.plan.REHEARSAL).
+REHEARSAL = "rehearsal"
 
 _EMPTY: FrozenDict[str, Any] = FrozenDict()
 _EMPTY_PARTS: dict[str, Any] = {}
@@ -125,16 +130,63 @@ class Columns:
                 return None
         elif pid in self.archived:
             return None
-        if self.children:
-            for child_stage, child_id, output_fingerprint in self.children[i]:
-                child = planner.known_state(child_stage, child_id)
-                if child is None or child.manifest is None or not child.is_complete:
-                    return None
-                if child.manifest.output_fingerprint != output_fingerprint:
-                    return None
+        if not self._inputs_unchanged(i):
+            return None
         if kind == COMPLETE and not self._unchanged(planner.root, i):
             return None
         return IndexedState(self, i)
+
+    def _inputs_unchanged(self, i: int) -> bool:
+        """True if every upstream partition i reads is complete with its recorded output fingerprint."""
+        if self.children:
+            for child_stage, child_id, output_fingerprint in self.children[i]:
+                child = self.planner.known_state(child_stage, child_id)
+                if child is None or not child.is_complete:
+                    return False
+                manifest = child.slim_manifest()
+                if manifest is None or manifest.output_fingerprint != output_fingerprint:
+                    return False
+        return True
+
+    def rejudge(self, i: int, agent: AgentConfig) -> PartitionState | None:
+        """Judge partition i again when its recorded fingerprint still holds (its
+        inputs are unchanged), without building or rendering it; None unless it
+        is simply complete: promoted (e.g. by a run since), no staging directory,
+        no archived attempt, its manifest made for that fingerprint by an agent
+        of the same kind, every output passing the checks and unmodified.
+
+        This is what makes the first status after a run of 100,000 partitions
+        cost a manifest read per partition instead of a render.
+        """
+        planner, stage, pid, out_dir = self.planner, self.stage, self.ids[i], self.out[i]
+        parent, _, name = out_dir.rpartition("/")
+        listing = planner.listing_of_parent(parent)
+        if name not in listing.names or name in listing.staging or name in listing.links:
+            return None
+        if planner.has_archived(stage, pid) or not self._inputs_unchanged(i):
+            return None
+        directory = f"{planner.root}/{out_dir}"
+        assert planner.index is not None
+        planner.index.saw(stage, pid, directory, True, False)
+        manifest = read_manifest(directory, share=False)  # recorded, then dropped
+        planner.index.read(stage, pid, directory, True)
+        if manifest is None or manifest.fingerprint != self.fp[i]:
+            return None  # stale, kept or invalid: judged in full, with its reasons
+        if (manifest.agent.get("backend", REHEARSAL) == REHEARSAL) != (agent.backend == REHEARSAL):
+            return None
+        rules = planner.ws.project.stage(stage).expect
+        if check_outputs(directory, rules, planner.ws.schemas, manifest.known_outputs()):
+            return None
+        if find_modified(directory, manifest.outputs):
+            return None
+        return PartitionState(
+            indexed_partition(self, i),
+            Status.COMPLETE,
+            "complete",
+            manifest,
+            indexed_fingerprint(self, i),
+            indexed_prompt(self, i),
+        )
 
     def _unchanged(self, root: str, i: int) -> bool:
         """True if complete partition i's manifest and outputs have their recorded stat."""

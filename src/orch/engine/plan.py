@@ -8,7 +8,7 @@ Pure apart from reading: project × partitions × what is on disk → a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,27 +121,28 @@ class Planner(DiskListings):
                 )
                 self._states[name] = self.index.compact(stage, agent, hashes, judged, self)
             else:
-                states, afresh = self._from_index(stage, agent, hashes, columns)
-                if afresh:
-                    states = self.index.compact(stage, agent, hashes, states.values(), self)
-                self._states[name] = states
+                trusted = [columns.state(i) for i in range(len(columns))]
+                if all(state is not None for state in trusted):
+                    self._states[name] = {columns.ids[i]: s for i, s in enumerate(trusted)}  # type: ignore[misc]
+                else:  # judge the rest again, recording each as it is judged (see compact)
+                    again = self._judged_again(agent, columns, trusted)
+                    self._states[name] = self.index.compact(stage, agent, hashes, again, self)
         return list(self._states[name].values())
 
-    def _from_index(
-        self, stage: Stage, agent: AgentConfig, hashes: tuple[str, str], columns: Columns
-    ) -> tuple[dict[str, PartitionState], bool]:
-        """States of a stage from its index entries, judging afresh those the disk
-        disagrees with; and whether any was."""
-        states: dict[str, PartitionState] = {}
-        afresh = False
-        for i in range(len(columns)):
-            state = columns.state(i)
+    def _judged_again(
+        self, agent: AgentConfig, columns: Columns, trusted: list[PartitionState | None]
+    ) -> Iterator[PartitionState]:
+        """Every state of a stage in order: the index's where the disk agrees; else
+        judged from the recorded fingerprint (`Columns.rejudge`: a partition a run
+        promoted since); else judged in full (`assess`)."""
+        for i, state in enumerate(trusted):
             if state is None:
-                afresh = True
-                partition = self.ws.partitions.get(stage.name, columns.ids[i])
+                state = columns.rejudge(i, agent)
+            if state is None:
+                partition = self.ws.partitions.get(columns.stage, columns.ids[i])
                 state = self.assess(partition, agent, self.child_manifests(partition))
-            states[columns.ids[i]] = state
-        return states, afresh
+            trusted[i] = None  # judged states are dropped once recorded
+            yield state
 
     def save_index(self) -> None:
         """Write the status index if this planner judged any stage afresh (see
@@ -191,10 +192,16 @@ class Planner(DiskListings):
             listing = self._listing(parent)
             exists, staging = name in listing.names, name in listing.staging
         if self.index is not None and not holding_lock:  # what the index may record: seen before judging
-            self.index.saw(partition, out_dir, exists, self.has_archived(partition.stage, partition.id))
+            self.index.saw(
+                partition.stage,
+                partition.id,
+                out_dir,
+                exists,
+                self.has_archived(partition.stage, partition.id),
+            )
         manifest = read_manifest(out_dir) if exists else None
         if self.index is not None and not holding_lock:
-            self.index.read(partition, out_dir, exists)
+            self.index.read(partition.stage, partition.id, out_dir, exists)
         if staging and is_locked(self.ws.root, partition.stage, partition.id):
             newest = staging_dir(Path(out_dir), max(self.staging_numbers(partition)))
             if never_started(newest):  # prepared ahead of its slot (orch.engine.runtime)

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from orch.config.partitions import Partition
 from orch.config.project import AgentConfig, Stage
 from orch.config.workspace import Workspace
 from orch.engine.index_read import COMPLETE, FAILED, MISSING, Columns, IndexedState, archived_names, is_hash
@@ -88,18 +87,18 @@ class StatusIndex:
         except (TypeError, ValueError, KeyError):  # not written by this orch
             return None
 
-    def saw(self, partition: Partition, out_dir: str, exists: bool, has_archived: bool) -> None:
+    def saw(self, stage: str, pid: str, out_dir: str, exists: bool, has_archived: bool) -> None:
         """Note, before a partition is judged, its archived attempts and its
-        manifest's stat signature, so that what is recorded is what was judged
-        even if a run changes the disk meanwhile (see `read`)."""
-        archived = archived_names(self.ws.root, partition.stage, partition.id) if has_archived else []
+        manifest's stat signature (`out_dir` absolute), so that what is recorded
+        is what was judged even if a run changes the disk meanwhile (see `read`)."""
+        archived = archived_names(self.ws.root, stage, pid) if has_archived else []
         sig = file_sig(f"{out_dir}/{META_DIR}/{MANIFEST}") if exists else None
-        self._seen[(partition.stage, partition.id)] = (sig, archived)
+        self._seen[(stage, pid)] = (sig, archived)
 
-    def read(self, partition: Partition, out_dir: str, exists: bool) -> None:
+    def read(self, stage: str, pid: str, out_dir: str, exists: bool) -> None:
         """After its manifest was read: forget the partition's signature if the
         manifest was replaced meanwhile (it is then not recorded)."""
-        key = (partition.stage, partition.id)
+        key = (stage, pid)
         if exists and file_sig(f"{out_dir}/{META_DIR}/{MANIFEST}") != self._seen[key][0]:
             self._seen[key] = (None, self._seen[key][1])
 

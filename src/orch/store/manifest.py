@@ -107,11 +107,12 @@ class Manifest:
             return orjson.dumps(json_safe(data), option=option).decode() + "\n"
 
 
-def read_manifest(directory: Path | str) -> Manifest | None:
+def read_manifest(directory: Path | str, share: bool = True) -> Manifest | None:
     """Return the manifest of `directory`, or None if absent or invalid.
 
     Invalid means unreadable, not JSON, a different version, or not
     `status: complete`: such a directory is never taken for complete.
+    `share`: intern the strings manifests repeat (for callers that keep many).
     """
     try:
         data = orjson.loads(_read_bytes(f"{directory}/{META_DIR}/{MANIFEST}"))
@@ -119,7 +120,8 @@ def read_manifest(directory: Path | str) -> Manifest | None:
             return None
         data.pop("duration_s", None)
         data["outputs"] = [OutputFile(**o) for o in data["outputs"]]
-        _share_strings(data)
+        if share:
+            _share_strings(data)
         return Manifest(**data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, orjson.JSONDecodeError):
         return None
