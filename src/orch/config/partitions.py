@@ -25,6 +25,7 @@ from orch.config.output_paths import check_path_fields, dangling_link, is_inside
 from orch.config.params import Params
 from orch.config.project import CONFIG_NAME, Project, Stage
 from orch.errors import ConfigError, PartitionError, did_you_mean
+from orch.store.layout import CACHE_DIR
 
 MAX_ID_BYTES = 200
 #: The outputs root: every partition directory lies strictly inside it.
@@ -181,7 +182,7 @@ class PartitionIndex:
             path = self.project.root / rel
             if "\x00" in rel or Path(rel).is_absolute() or not is_inside(self._root, path.resolve()):
                 raise ConfigError(f"{rel}: references file must be inside the project")
-            cache = self.project.root / "wip" / "cache" / "references"
+            cache = self.project.root / CACHE_DIR / "references"
             self._documents[rel] = load_document(path, rel, cache)
         return self._documents[rel]
 

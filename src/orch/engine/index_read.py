@@ -12,24 +12,22 @@ import stat
 import sys
 from array import array
 from collections.abc import Callable
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from orch.config.frozen import FrozenDict
 from orch.config.partitions import Partition
 from orch.config.workspace import ChildKey, Fingerprint
-from orch.engine.states import ManifestFacts, PartitionState, Status, success_usage
+from orch.engine.states import REHEARSAL, ManifestFacts, PartitionState, Status, success_usage
 from orch.store.checks import META_DIR, Finding, check_outputs
 from orch.store.integrity import find_modified
-from orch.store.layout import MANIFEST
+from orch.store.layout import MANIFEST, attempts_dir
 from orch.store.manifest import Manifest, OutputFile, read_manifest
 
 if TYPE_CHECKING:
     from orch.config.project import AgentConfig
     from orch.engine.plan import Planner
-
-#: The offline agent's backend (orch.engine.plan.REHEARSAL).
-REHEARSAL = "rehearsal"
 
 _EMPTY: FrozenDict[str, Any] = FrozenDict()
 _EMPTY_PARTS: dict[str, Any] = {}
@@ -95,8 +93,6 @@ class Columns:
         if len(self.kinds) != n or any(len(column) != n for column in lists):
             raise ValueError("columns of different lengths")
         self._usage: dict[tuple[int, int, int, int], Any] = {}
-        self._parent: str | None = None
-        self._listing: Any = None
         # for partition i: its row among complete partitions (manifest fields),
         # and where that row's outputs start
         self._row = array("q", bytes(8 * n))
@@ -120,9 +116,7 @@ class Columns:
         planner, stage = self.planner, self.stage
         kind, pid, out_dir = self.kinds[i], self.ids[i], self.out[i]
         parent, _, name = out_dir.rpartition("/")
-        if parent != self._parent:  # partitions of a stage mostly share one parent directory
-            self._parent, self._listing = parent, planner.listing_of_parent(parent)
-        listing = self._listing
+        listing = planner.listing_of_parent(parent)
         if name in listing.staging or name in listing.links or (name in listing.names) != (kind == COMPLETE):
             return None
         if planner.has_archived(stage, pid):
@@ -225,6 +219,19 @@ class Columns:
             self._usage[key] = of_manifest(self.manifest(i))
         return self._usage[key]
 
+    def recorded(self, i: int) -> tuple[list[int] | None, list[str]]:
+        """Partition i's recorded manifest stat signature (None if not complete)
+        and archived attempt names."""
+        sig = None
+        if self.kinds[i] == COMPLETE:
+            j = 4 * self._row[i]
+            sig = self.msig[j : j + 4].tolist()
+        return sig, self.archived.get(self.ids[i], [])
+
+    def real(self, i: int) -> Callable[[], Partition]:
+        """A function returning partition i's real record (built from the references on first use)."""
+        return functools.partial(self.planner.ws.partitions.get, self.stage, self.ids[i])
+
     def facts(self, i: int) -> ManifestFacts | None:
         """Attempt, usage, duration and worker of complete partition i's manifest."""
         if self.kinds[i] != COMPLETE:
@@ -285,8 +292,7 @@ def indexed_fingerprint(columns: Columns, i: int) -> Fingerprint:
     """The fingerprint of entry i; its explanation is computed from the real partition on demand."""
     children = columns.children[i] if columns.children else ()
     inputs = {f"{s}/{c}": fp for s, c, fp in children}
-    planner = columns.planner
-    real = functools.partial(planner.ws.partitions.get, columns.stage, columns.ids[i])
+    planner, real = columns.planner, columns.real(i)
     return Fingerprint(
         columns.fp[i],
         columns.prompt[i],
@@ -300,8 +306,7 @@ def indexed_fingerprint(columns: Columns, i: int) -> Fingerprint:
 
 def indexed_prompt(columns: Columns, i: int) -> Callable[[], str]:
     """A function rendering entry i's prompt from the real partition."""
-    real = functools.partial(columns.planner.ws.partitions.get, columns.stage, columns.ids[i])
-    return functools.partial(_render, columns.planner, real)
+    return functools.partial(_render, columns.planner, columns.real(i))
 
 
 #: Every hash orch writes: "sha256:" and 64 hex digits.
@@ -333,7 +338,7 @@ class _Hashes:
 def archived_names(root: Any, stage: str, pid: str) -> list[str]:
     """Names in `wip/attempts/<stage>/<pid>/`, sorted; [] if none."""
     try:
-        return sorted(os.listdir(f"{root}/wip/attempts/{stage}/{pid}"))
+        return sorted(os.listdir(attempts_dir(Path(root), stage, pid)))
     except OSError:
         return []
 
@@ -451,12 +456,7 @@ class IndexedState(PartitionState):
     def recorded(self) -> tuple[list[int] | None, list[str]]:
         """The manifest's stat signature (None if not complete) and the archived
         attempt names this state was recorded and checked with."""
-        columns, i = self._columns, self._i
-        sig = None
-        if columns.kinds[i] == COMPLETE:
-            j = 4 * columns._row[i]
-            sig = columns.msig[j : j + 4].tolist()
-        return sig, columns.archived.get(columns.ids[i], [])
+        return self._columns.recorded(self._i)
 
     def success_usage(self) -> tuple[str, tuple[str, dict[str, Any]] | None]:
         """As `PartitionState.success_usage`, without building the manifest."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from orch.config.partitions import Partition
 from orch.config.workspace import Workspace
-from orch.store.layout import STAGING_NAME, list_attempts, read_error
+from orch.store.layout import STAGING_NAME, list_attempts, read_error, stage_attempts_dir
 from orch.store.manifest import Manifest
 
 
@@ -103,7 +103,7 @@ class DiskListings:
     def has_archived(self, stage: str, partition_id: str) -> bool:
         """True if `wip/attempts/<stage>/<id>/` exists (one listing per stage)."""
         if stage not in self._attempted:
-            base = os.path.join(self.ws.root, "wip", "attempts", stage)
+            base = stage_attempts_dir(self.ws.root, stage)
             try:
                 self._attempted[stage] = set(os.listdir(base))
             except (FileNotFoundError, NotADirectoryError):

@@ -19,7 +19,7 @@ from orch.engine.index_read import Columns
 from orch.engine.listings import DiskListings, Listing
 from orch.engine.plan_index import StatusIndex
 from orch.engine.stale import stale_reason
-from orch.engine.states import PartitionState, Status
+from orch.engine.states import REHEARSAL, PartitionState, Status
 from orch.errors import StageBlocked, UsageError, did_you_mean
 from orch.store.checks import Finding, check_outputs
 from orch.store.integrity import find_modified
@@ -28,7 +28,6 @@ from orch.store.locks import is_locked
 from orch.store.manifest import Manifest, read_manifest, read_prompt
 
 AGENT_ENV = "ORCH_AGENT"
-REHEARSAL = "rehearsal"
 
 
 def choose_agent_override(

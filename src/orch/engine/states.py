@@ -16,6 +16,9 @@ from orch.config.workspace import ChildKey, Fingerprint
 from orch.store.checks import Finding
 from orch.store.manifest import Manifest
 
+#: The offline rehearsal agent's backend name.
+REHEARSAL = "rehearsal"
+
 
 class ManifestFacts(NamedTuple):
     """What `orch status STAGE` and the snapshot show of a partition's manifest.

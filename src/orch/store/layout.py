@@ -76,9 +76,14 @@ def never_started(staging: Path) -> bool:
         return False
 
 
+def stage_attempts_dir(root: Path, stage: str) -> Path:
+    """Return `wip/attempts/<stage>/`."""
+    return root / "wip" / "attempts" / stage
+
+
 def attempts_dir(root: Path, stage: str, partition: str) -> Path:
     """Return `wip/attempts/<stage>/<partition>/`."""
-    return root / "wip" / "attempts" / stage / partition
+    return stage_attempts_dir(root, stage) / partition
 
 
 def find_staging_dirs(out_dir: Path) -> list[tuple[int, Path]]:
