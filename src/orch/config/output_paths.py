@@ -24,6 +24,19 @@ def template_names(template: str) -> tuple[str, ...]:
     return tuple(name for escaped, name in PLACEHOLDER.findall(template) if not escaped)
 
 
+def segment_problem(text: str) -> str | None:
+    """Why `text` cannot be a path segment at all: "is empty", "contains a path
+    separator" or "contains a NUL byte"; None otherwise. Callers add their own
+    rules (a leading '.', a length or character limit)."""
+    if not text:
+        return "is empty"
+    if "/" in text or "\\" in text:
+        return "contains a path separator"
+    if "\x00" in text:
+        return "contains a NUL byte"
+    return None
+
+
 def check_path_fields(stage: Stage, fields: Mapping[str, Any], where: str) -> None:
     """Refuse a row field used in the output template that is not one safe path segment.
 
@@ -35,14 +48,8 @@ def check_path_fields(stage: Stage, fields: Mapping[str, Any], where: str) -> No
         if name not in fields:
             continue
         text = str(fields[name])
-        reason = None
-        if not text:
-            reason = "is empty"
-        elif "/" in text or "\\" in text:
-            reason = "contains a path separator"
-        elif "\x00" in text:
-            reason = "contains a NUL byte"
-        elif text.startswith("."):
+        reason = segment_problem(text)
+        if reason is None and text.startswith("."):
             reason = "starts with '.' ('.', '..' and hidden names are not allowed)"
         if reason:
             raise PartitionError(

@@ -21,7 +21,7 @@ from typing import Any
 from orch.config.blueprints import fill_placeholders
 from orch.config.documents import LineList, load_document
 from orch.config.frozen import FrozenDict
-from orch.config.output_paths import check_path_fields, dangling_link, is_inside, symlinks_in
+from orch.config.output_paths import check_path_fields, dangling_link, is_inside, segment_problem, symlinks_in
 from orch.config.params import Params
 from orch.config.project import CONFIG_NAME, Project, Stage
 from orch.errors import ConfigError, PartitionError, did_you_mean
@@ -86,13 +86,9 @@ def check_partition_id(value: Any, where: str) -> str:
             "quote the id in the references file",
         )
     text = str(value)
-    reason = None
-    if not text:
-        reason = "it is empty"
-    elif "/" in text or "\\" in text:
-        reason = "it contains a path separator"
-    elif "\x00" in text:
-        reason = "it contains a NUL byte"
+    reason = segment_problem(text)
+    if reason is not None:
+        reason = f"it {reason}"
     elif ".." in text:
         reason = "it contains '..'"
     elif text.startswith("."):
