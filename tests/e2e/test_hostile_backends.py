@@ -9,27 +9,19 @@ the message and what is on disk afterwards.
 
 from __future__ import annotations
 
-import json
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from orch.backends.openai_replies import parse_retry_after
 from tests.conftest import FAKES, default_config
-from tests.fakes.openai_server import FakeOpenAI
+from tests.e2e.test_openai_backend import events, manifest
 
 KEY = "sk-hostile-test-key-7f3a9c2e51"
 SECRET = "ghp_hostileAgentSecret_0123456789"
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAI() as fake:
-        yield fake
 
 
 def openai_project(make_project, monkeypatch, server, n_items=1, agent=None, **stage):
@@ -45,15 +37,6 @@ def openai_project(make_project, monkeypatch, server, n_items=1, agent=None, **s
     }
     config["agents"]["default"] = "model"
     return make_project(n_items, config=config)
-
-
-def manifest(project, item="item01") -> dict[str, Any]:
-    return json.loads((project.root / f"data/work/{item}/.orch/manifest.json").read_text())
-
-
-def events(project) -> list[dict[str, Any]]:
-    (path,) = project.root.glob("wip/runs/*/events.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def files_containing(root: Path, needle: str) -> list[str]:

@@ -18,7 +18,7 @@ import pytest
 from orch.backends.openai_replies import parse_retry_after
 from orch.backends.openai_tools import PathRejected, write_confined
 from tests.conftest import default_config
-from tests.fakes.openai_server import DEFAULT_TEXT, FakeOpenAI
+from tests.fakes.openai_server import DEFAULT_TEXT
 
 KEY = "sk-test-not-a-real-key-4b1d"
 THREE_FILES = {
@@ -26,12 +26,6 @@ THREE_FILES = {
     "notes.md": "Notes for {key}.\n",
     "data/facts.json": '{{"id": "{key}"}}\n',
 }
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAI() as fake:
-        yield fake
 
 
 def openai_project(make_project, monkeypatch, server, n_items=1, agent=None, **stage):
