@@ -137,7 +137,7 @@ class Columns:
                 child = self.planner.known_state(child_stage, child_id)
                 if child is None or not child.is_complete:
                     return False
-                manifest = child.slim_manifest()
+                manifest = child.manifest
                 if manifest is None or manifest.output_fingerprint != output_fingerprint:
                     return False
         return True
@@ -244,16 +244,16 @@ class Columns:
             self.attempt[row], self.tables["usage"][self.refs["usage"][row]], duration_s, worker
         )
 
-    def manifest(self, i: int, outputs: bool = True) -> Manifest:
-        """The slim manifest of complete partition i, as recorded (without its
-        output list if not `outputs`)."""
+    def manifest(self, i: int) -> Manifest:
+        """The slim manifest of complete partition i, as recorded (no `parts`,
+        no output hashes)."""
         row = self._row[i]
         first = self._first[row]
         pid = self.ids[i]
         tables, refs = self.tables, self.refs
         files = [
             OutputFile(self.opath[k], self.osize[k], self.omtime[k], "")
-            for k in range(first, first + self.nout[row] if outputs else first)
+            for k in range(first, first + self.nout[row])
         ]
         return Manifest(
             stage=self.stage,
@@ -403,11 +403,6 @@ class IndexedState(PartitionState):
     @property
     def fingerprint(self) -> Fingerprint:
         return indexed_fingerprint(self._columns, self._i)
-
-    def slim_manifest(self) -> Manifest | None:
-        if self._columns.kinds[self._i] != COMPLETE:
-            return None
-        return self._columns.manifest(self._i, outputs=False)
 
     def manifest_facts(self) -> ManifestFacts | None:
         """As `PartitionState.manifest_facts`, read from the columns (no manifest built)."""

@@ -89,11 +89,6 @@ class PartitionState:
         source = self.prompt_source
         return source() if callable(source) else source
 
-    def slim_manifest(self) -> Manifest | None:
-        """The manifest, for views that read only its usage, attempts and timings
-        (a state rebuilt from the status index leaves its outputs out)."""
-        return self.manifest
-
     def manifest_facts(self) -> ManifestFacts | None:
         """What the per-partition views show of the manifest; None without one."""
         manifest = self.manifest

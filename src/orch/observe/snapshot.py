@@ -15,6 +15,7 @@ from typing import Any
 
 from orch.config.workspace import Workspace
 from orch.engine.plan import PartitionState, Planner, Status
+from orch.engine.states import ManifestFacts
 from orch.errors import UsageError
 from orch.observe.events import RunInfo, latest_run, list_runs, read_run
 from orch.observe.progress import (
@@ -25,7 +26,6 @@ from orch.observe.progress import (
     RunProgress,
     UsageTotals,
 )
-from orch.store.manifest import Manifest
 
 __all__ = [
     "Failure",
@@ -278,7 +278,7 @@ class _Join:
         return StageView(name, views, counts, phases, barrier, cost_usd, _sum(v.tokens for v in views))
 
     def partition(self, state: PartitionState) -> PartitionView:
-        stage, pid, manifest = state.stage, state.id, state.slim_manifest()
+        stage, pid, manifest = state.stage, state.id, state.manifest_facts()
         live = self.progress.partitions.get((stage, pid)) if self.progress else None
         phase, live_reason = self._phase(state, live)
         archived = self.planner.has_archived(stage, pid)
@@ -324,7 +324,7 @@ class _Join:
         return Phase.QUEUED, None
 
 
-def _manifest_usage(manifest: Manifest | None) -> UsageTotals:
+def _manifest_usage(manifest: ManifestFacts | None) -> UsageTotals:
     usage = UsageTotals()
     if manifest is not None:
         usage.add(manifest.usage)
