@@ -63,10 +63,7 @@ class DiskListings:
 
     def listing_of_parent(self, parent: str) -> Listing:
         """The listing of project-relative directory `parent` (read once)."""
-        listing = self._listings.get(parent)
-        if listing is None:
-            listing = self._listings[parent] = self._listing(f"{self.root}/{parent}")
-        return listing
+        return self._listing(f"{self.root}/{parent}")
 
     def staging_numbers(self, partition: Partition) -> list[int]:
         """Attempt numbers of the partition's staging dirs seen when first looked at."""
