@@ -9,13 +9,16 @@ of their own (`late`, `cli`) or the shared `k`, and are stopped at the end of th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +141,61 @@ def test_the_api_runs_on_the_cluster_and_every_view_names_the_worker(
     assert status == 200
     assert f'ran on worker <span id="worker">{w2}</span>' in html
     assert f"on worker {w2}" in html
+
+
+def run_events(project: Project) -> list[dict[str, Any]]:
+    """The newest run's events."""
+    newest = sorted((project.root / "wip/runs").iterdir())[-1]
+    return [json.loads(line) for line in (newest / "events.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.chaos
+def test_attempts_wait_for_a_worker_offering_their_resource_after_the_only_one_left(
+    cluster: Cluster, make_project: Callable[..., Project], extra_workers: list[str]
+) -> None:
+    """Only `m1` offers mv (1 slot); it is killed, the retries are due at once (backoff
+    <= 0.05 s), and `m2` (mv=1) joins a second later. A retry submitted to the workers
+    left then (none offers mv) would wait for ever: no attempt timeout is set."""
+    extra_workers.append("m1")
+    m1 = cluster.start_worker("m1", "mv=1", slots=1)
+    project = make_project(3)
+    project.config(dask_config(project, 3, resources="mv", retries=2))
+    project.script({"default": {"action": "sleep", "seconds": 2}})
+    proc = project.popen("stage", "run", "work", "--executor", cluster.url)
+    wait_until(lambda: project.invocations(), 30, "the first attempt on m1")
+    cluster.kill("m1")
+    time.sleep(1)
+    extra_workers.append("m2")
+    m2 = cluster.start_worker("m2", "mv=1", slots=1)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    done = manifests(project)
+    assert {m["attempts"][-1]["worker"] for m in done.values()} == {m2}
+    assert all(m["attempts"][0]["error_class"] == "worker_lost" for m in done.values())
+    events = run_events(project)
+    assert [e["worker"] for e in events if e["event"] == "worker_left"] == [m1]
+    joined = {e["worker"]: e["late"] for e in events if e["event"] == "worker_joined"}
+    assert joined[m1] is False
+    assert joined[m2] is True
+    assert f"Dask worker {m1} left" in err
+    assert f"Dask worker {m2} joined" in err
+
+
+def test_no_worker_offering_the_resource_fails_the_attempt_within_connect_timeout(
+    cluster: Cluster, make_project: Callable[..., Project]
+) -> None:
+    project = make_project(1)
+    config = dask_config(project, 1, resources="nobody")
+    config["executor"] = {"kind": "dask", "scheduler": cluster.address, "connect_timeout": "1s"}
+    project.config(config)
+    result = project.orch("stage", "run", "work")
+    assert result.returncode == 3, result.stderr
+    error = manifests_or_errors(project)
+    assert "no checked Dask worker offers the agent's resources nobody=1 within 1s" in error
+    assert "orch worker SCHEDULER --resources nobody=1" in error
+    assert project.invocations() == []
+
+
+def manifests_or_errors(project: Project) -> str:
+    """Every archived attempt's error.json text, joined."""
+    return "\n".join(p.read_text() for p in (project.root / "wip/attempts").rglob("error.json"))

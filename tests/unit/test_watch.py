@@ -103,6 +103,18 @@ def test_event_lines_tell_starts_ends_failures_and_the_run_end_only():
     assert event_text(ev("cleaned", stage="s", partition="a")) is None
 
 
+def test_event_lines_tell_workers_that_join_late_are_refused_or_leave():
+    w = "tcp://10.0.0.2:4000"
+    assert event_text(ev("worker_joined", worker=w, resources={}, late=False)) is None
+    assert event_text(ev("worker_joined", worker=w, resources={}, late=True)) == f"Dask worker {w} joined"
+    refused = ev("worker_refused", worker=w, reason="runs orch 0.1")
+    assert event_text(refused) == f"warning: Dask worker {w} gets no attempts: runs orch 0.1"
+    assert (
+        event_text(ev("worker_left", worker=w))
+        == f"Dask worker {w} left (attempts running there fail as worker_lost)"
+    )
+
+
 def test_plan_changes_list_partitions_that_newly_need_a_run_or_for_another_reason():
     before = {("s", "a"): ("complete", "complete"), ("s", "b"): ("stale", "stale: prompt changed")}
     after = {

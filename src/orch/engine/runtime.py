@@ -124,6 +124,9 @@ class Scheduler:
         self.log.emit(
             "run_started", stages=list(self.options.stages), partitions=len(partitions), pid=os.getpid()
         )
+        report_to = getattr(self.executor, "report_to", None)
+        if report_to is not None:  # a cluster executor's workers joining, refused and leaving
+            report_to(self.log.emit)
         loop = asyncio.get_running_loop()
         try:
             # a future only for what a later partition of this run reads: it carries the manifest

@@ -62,11 +62,19 @@ class DaskExecutor(WorkerChecks):
         self.checked: set[str] = set()
         #: Workers that joined later and failed the check: address -> why (they get no attempts).
         self.refused: dict[str, str] = {}
+        #: Each checked worker's resources, as the scheduler reports them.
+        self.offers: dict[str, dict[str, float]] = {}
+        #: Where worker events go (`report_to`); None: refusals are logged as warnings.
+        self._report: Callable[..., None] | None = None
         #: Command agents whose command is looked up on the workers, not here (see `defer_command_checks`).
         self._commands: dict[str, AgentConfig] = {}
         self._checks: set[asyncio.Task[None]] = set()
         #: Each cluster agent's settings as plain containers, made once (see AttemptJob.of).
-        self._settings: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._settings: dict[str, tuple[Any, dict[str, Any], dict[str, float]]] = {}
+        #: Attempts submitted and not yet started: key -> (the resources they need, the workers allowed).
+        self._queued: dict[str, tuple[dict[str, float], frozenset[str]]] = {}
+        #: Queued attempts failed as `worker_lost` because every worker that could run them left.
+        self._stranded: set[str] = set()
 
     async def start(self) -> None:
         """Connect, check every worker, kill agents a dead orchestrator left on them.
@@ -118,6 +126,7 @@ class DaskExecutor(WorkerChecks):
         self._client.subscribe_topic("all", self._on_cluster_event)
         with contextlib.suppress(Exception):  # joined between the check and the subscription
             identity = await self._client.scheduler.identity()
+            self._note_offers(identity)
             for worker in set(identity.get("workers", {})) - self.checked:
                 self._check_later(worker)
 
@@ -141,6 +150,7 @@ class DaskExecutor(WorkerChecks):
                 with contextlib.suppress(Exception):  # unreadable: the future's own result still comes
                     finished.set_result(pickle.loads(message["result"]))
             return
+        self._queued.pop(key, None)
         on_start = self._waiting.pop(key, None)
         if on_start is not None:
             on_start(worker=message.get("worker"))
@@ -188,27 +198,31 @@ class DaskExecutor(WorkerChecks):
 
         from orch.executors.dask_worker import execute
 
-        if not self.checked and not await self._wait_for_checked():
-            why = "no checked Dask worker is connected (every worker left, or the new ones failed the check)"
-            return AttemptResult(False, why, "worker_lost")
+        settings, needs = self._plain_settings(agent)
+        if not self._can_run(needs, self.checked) and not await self._wait_for_worker(needs):
+            return AttemptResult(False, self._no_worker(needs), "worker_lost")
         key = f"orch-{spec.stage}-{spec.partition}-{spec.attempt}-{self._token}-{next(self._seq)}"
-        resources = dict(agent.settings.get("resources") or {}) or None
+        allowed = frozenset(self.checked)
+        self._queued[key] = (needs, allowed)
         if on_start is not None:
             self._waiting[key] = on_start
         finished = self._finished[key] = asyncio.get_running_loop().create_future()
         future = self._client.submit(
             execute,
-            AttemptJob.of(agent, spec, self._plain_settings(agent)),
+            AttemptJob.of(agent, spec, settings),
             key,
             self._topic,
             key=key,
             pure=False,
-            resources=resources,
-            workers=sorted(self.checked),  # a worker that joined later: only once it passed the check
+            resources=needs or None,
+            workers=sorted(allowed),  # a worker that joined later: only once it passed the check
         )
         try:
             wait_s = spec.timeout_s + _TIMEOUT_SLACK_S if spec.timeout_s else None
             result = await _first_result(finished, future, wait_s)
+            if key in self._stranded:  # never started: take the task off the scheduler
+                await self._stop(future, spec)
+                return result
             late = self._waiting.pop(key, None)
             if late is not None:  # the result overtook the worker's start report
                 late(worker=result.worker)
@@ -232,22 +246,60 @@ class DaskExecutor(WorkerChecks):
         finally:
             future.release()
             self._finished.pop(key, None)
+            self._queued.pop(key, None)
+            self._stranded.discard(key)
             never = self._waiting.pop(key, None)
             if never is not None:  # failed or cancelled before a worker reported it started
                 never()
 
-    async def _wait_for_checked(self) -> bool:
-        """Wait up to `connect_timeout_s` for a worker to pass the check (every one left)."""
+    async def _wait_for_worker(self, needs: dict[str, float]) -> bool:
+        """Wait up to `connect_timeout_s` for a checked worker offering `needs` (every one left)."""
         deadline = time.monotonic() + self.config.connect_timeout_s
-        while not self.checked and time.monotonic() < deadline:
+        while not self._can_run(needs, self.checked) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        return bool(self.checked)
+        return self._can_run(needs, self.checked)
 
-    def _plain_settings(self, agent: AgentConfig) -> dict[str, Any]:
+    def _no_worker(self, needs: dict[str, float]) -> str:
+        if not self.checked:
+            return "no checked Dask worker is connected (every worker left, or the new ones failed the check)"
+        wanted = ",".join(f"{name}={amount:g}" for name, amount in sorted(needs.items()))
+        return (
+            f"no checked Dask worker offers the agent's resources {wanted} within "
+            f"{self.config.connect_timeout_s:g}s (start one: `orch worker SCHEDULER --resources {wanted}`)"
+        )
+
+    def _can_run(self, needs: dict[str, float], workers: Any) -> bool:
+        """True if one of `workers` offers `needs` (a worker whose resources are unknown may)."""
+        for worker in workers:
+            offers = self.offers.get(worker)
+            if offers is None or all(offers.get(name, 0) >= amount for name, amount in needs.items()):
+                return True
+        return False
+
+    def _on_worker_left(self, worker: str) -> None:
+        """Fail as `worker_lost` the queued attempts that no checked worker can run any more.
+
+        Their tasks may only go to the workers checked when they were submitted;
+        once none of those that offer the resources is left, the scheduler would
+        keep them waiting for ever (or until the attempt's timeout). The retry
+        submits them afresh, to the workers checked by then.
+        """
+        for key, (needs, allowed) in list(self._queued.items()):
+            if self._can_run(needs, allowed & self.checked):
+                continue
+            finished = self._finished.get(key)
+            if finished is not None and not finished.done():
+                self._stranded.add(key)
+                why = f"every Dask worker that could run the attempt left before it started (last: {worker})"
+                finished.set_result(AttemptResult(False, why, "worker_lost"))
+
+    def _plain_settings(self, agent: AgentConfig) -> tuple[dict[str, Any], dict[str, float]]:
+        """The agent's settings as plain containers and the resources it needs (made once per agent)."""
         cached = self._settings.get(agent.name)
         if cached is None or cached[0] is not agent.settings:
-            cached = self._settings[agent.name] = (agent.settings, plain(agent.settings))
-        return cached[1]
+            needs = {str(k): float(v) for k, v in dict(agent.settings.get("resources") or {}).items()}
+            cached = self._settings[agent.name] = (agent.settings, plain(agent.settings), needs)
+        return cached[1], cached[2]
 
     async def _stop(self, future: Any, spec: AttemptSpec) -> None:
         """Cancel the task and kill the attempt's processes on every worker (bounded)."""

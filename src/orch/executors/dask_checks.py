@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ class WorkerChecks:
     _commands: dict[str, AgentConfig]
     checked: set[str]
     refused: dict[str, str]
+    offers: dict[str, dict[str, float]]
+    _report: Callable[..., None] | None
     _checks: set[asyncio.Task[None]]
 
     async def aclose(self) -> None:  # pragma: no cover - DaskExecutor's
@@ -32,6 +35,32 @@ class WorkerChecks:
 
     def _on_cluster(self, agent: AgentConfig) -> bool:  # pragma: no cover - DaskExecutor's
         raise NotImplementedError
+
+    def _on_worker_left(self, worker: str) -> None:  # pragma: no cover - DaskExecutor's
+        raise NotImplementedError
+
+    def report_to(self, emit: Callable[..., None]) -> None:
+        """Send worker events to `emit(name, **fields)` (the run's event log) from now on.
+
+        Emits `worker_joined` at once for each worker checked so far, then
+        `worker_joined` (`late: true`), `worker_refused` (`reason`) and
+        `worker_left` as workers come and go.
+        """
+        self._report = emit
+        for worker in sorted(self.checked):
+            self.emit("worker_joined", worker=worker, resources=self.offers.get(worker, {}), late=False)
+
+    def emit(self, name: str, **fields: Any) -> None:
+        """Write a worker event to the run's event log (`report_to`); nothing before that."""
+        if self._report is not None:
+            self._report(name, **fields)
+
+    def _note_offers(self, identity: dict[str, Any]) -> None:
+        """Record the resources of the checked workers in the scheduler's `identity()`."""
+        for worker, info in dict(identity.get("workers") or {}).items():
+            if worker in self.checked and isinstance(info, dict):
+                resources = info.get("resources") or {}
+                self.offers[worker] = {str(k): float(v) for k, v in dict(resources).items()}
 
     def defer_command_checks(self, agents: list[AgentConfig]) -> None:
         """Look up these command agents' commands on the workers when connecting, not here.
@@ -99,8 +128,11 @@ class WorkerChecks:
         worker = message.get("worker")
         if message.get("action") == "add-worker" and isinstance(worker, str):
             self._check_later(worker)
-        elif message.get("action") == "remove-worker" and isinstance(worker, str):
+        elif message.get("action") == "remove-worker" and worker in self.checked:
             self.checked.discard(worker)
+            self.offers.pop(worker, None)
+            self.emit("worker_left", worker=worker)
+            self._on_worker_left(worker)
 
     def _check_later(self, worker: str) -> None:
         task = asyncio.ensure_future(self._check_new(worker))
@@ -121,12 +153,18 @@ class WorkerChecks:
             why = f"cannot be checked: {type(err).__name__}: {describe(err)}"
         if why:
             self.refused[worker] = why
-            logging.getLogger("orch").warning("Dask worker %s gets no attempts: %s", worker, why)
+            if self._report is None:  # not running yet: no event log to tell
+                logging.getLogger("orch").warning("Dask worker %s gets no attempts: %s", worker, why)
+            self.emit("worker_refused", worker=worker, reason=why)
             return
+        identity: dict[str, Any] = {}
         with contextlib.suppress(Exception):  # agents a dead worker left on that host, if any
-            live = set((await self._client.scheduler.identity()).get("workers", {})) | {worker}
+            identity = await self._client.scheduler.identity()
+            live = set(identity.get("workers", {})) | {worker}
             await self._client.run(sweep_orphans, str(self.root), sorted(live), workers=[worker])
         self.checked.add(worker)
+        self._note_offers(identity)
+        self.emit("worker_joined", worker=worker, resources=self.offers.get(worker, {}), late=True)
 
     async def _command_problem(self, worker: str) -> str | None:
         from orch.executors.dask_worker import find_commands

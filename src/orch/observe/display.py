@@ -98,6 +98,8 @@ class PlainReporter:
             line = f"      interrupted {where}"
         elif kind == "lock_file_lost":
             line = f"      warning: {where}: {event.get('message')}"
+        elif kind in WORKER_EVENTS and worker_text(event):
+            line = f"      {worker_text(event)}"
         elif kind == "barrier":
             state = "met" if event["met"] else "NOT met"
             line = f"      barrier {event['stage']}: {state} ({event['complete']}/{event['total']})"
@@ -142,6 +144,8 @@ class LiveReporter:
                 markup=False,
                 highlight=False,
             )
+        elif event["event"] in WORKER_EVENTS and worker_text(event):
+            self.progress.console.print(worker_text(event), markup=False, highlight=False)
         self.progress.update(
             self.task,
             total=self.counts.total or None,
@@ -152,3 +156,20 @@ class LiveReporter:
     def close(self) -> None:
         """Stop the live display."""
         self.progress.stop()
+
+
+#: The Dask executor's worker events.
+WORKER_EVENTS = frozenset({"worker_joined", "worker_refused", "worker_left"})
+
+
+def worker_text(event: dict[str, Any]) -> str | None:
+    """One line for a Dask worker event; None for the workers checked at the start
+    (their `worker_joined` only repeats the set-up)."""
+    worker, kind = event.get("worker"), event.get("event")
+    if kind == "worker_joined" and event.get("late") is False:
+        return None
+    if kind == "worker_refused":
+        return f"warning: Dask worker {worker} gets no attempts: {event.get('reason')}"
+    if kind == "worker_left":
+        return f"Dask worker {worker} left (attempts running there fail as worker_lost)"
+    return f"Dask worker {worker} joined"

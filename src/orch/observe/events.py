@@ -48,6 +48,9 @@ class EventName(StrEnum):
     RUN_FINISHED = "run_finished"
     ACCEPTED = "accepted"
     LOCK_FILE_LOST = "lock_file_lost"
+    WORKER_JOINED = "worker_joined"
+    WORKER_REFUSED = "worker_refused"
+    WORKER_LEFT = "worker_left"
 
 
 _NAMES = {e.value: e for e in EventName}

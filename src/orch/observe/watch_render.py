@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from orch.observe.display import WORKER_EVENTS, worker_text
 from orch.observe.events import Event, EventName
 
 if TYPE_CHECKING:
@@ -155,4 +156,6 @@ def event_text(event: Event) -> str | None:
         return f"barrier {where}: {'met' if event.get('met') is True else 'not met'}"
     if name is EventName.RUN_FINISHED:
         return f"run finished: {'ok' if event.get('ok') is True else 'not ok'}"
+    if name in WORKER_EVENTS:
+        return worker_text({**event.fields, "event": str(name)})
     return None
