@@ -79,6 +79,14 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def scheduler_allowed_failures(cluster: Cluster) -> int:
+    """The scheduler's `allowed_failures` (asked through a client of its own)."""
+    from distributed import Client
+
+    with Client(cluster.address, timeout=30) as client:
+        return int(client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures))
+
+
 def one_agent_per_staging(project: Project) -> None:
     cwds = Counter(record["cwd"] for record in project.invocations())
     assert cwds and max(cwds.values()) == 1, cwds
@@ -175,6 +183,8 @@ def test_kill_9_of_a_worker_mid_run(cluster: Cluster, dask_project: Callable[...
     assert all(m["attempts"][-1]["worker"] == cluster.workers["w2"] for m in done.values())
     lost = [a for m in done.values() for a in m["attempts"] if a["error_class"] == "worker_lost"]
     assert lost, "the victim ran some attempts"
+    assert all(f"worker {victim} left" in a["error"] or "claimed" in a["error"] for a in lost), lost
+    assert scheduler_allowed_failures(cluster) == 3  # Dask's default: orch changes no cluster-wide setting
     assert victim not in {m["attempts"][-1]["worker"] for m in done.values()}
     one_agent_per_staging(project)
     wait_until(lambda: not agents_alive(project.root), 5, "nothing left running")

@@ -73,7 +73,9 @@ class DaskExecutor(WorkerChecks):
         self._settings: dict[str, tuple[Any, dict[str, Any], dict[str, float]]] = {}
         #: Attempts submitted and not yet started: key -> (the resources they need, the workers allowed).
         self._queued: dict[str, tuple[dict[str, float], frozenset[str]]] = {}
-        #: Queued attempts failed as `worker_lost` because every worker that could run them left.
+        #: Attempts a worker reported started and not yet finished: key -> the worker.
+        self._running: dict[str, str] = {}
+        #: Attempts failed here as `worker_lost` (their worker, or every worker that could run them, left).
         self._stranded: set[str] = set()
 
     async def start(self) -> None:
@@ -103,7 +105,6 @@ class DaskExecutor(WorkerChecks):
                 f"start `dask scheduler` and `orch worker {address}` on each host, or run without --executor",
             ) from err
         try:
-            await self._client.run_on_scheduler(_fail_fast)
             reports = await self._client.run(check_worker, str(self.root), __version__)
         except Exception as err:  # e.g. a worker without orch installed cannot unpickle the check
             await self.aclose()
@@ -150,7 +151,8 @@ class DaskExecutor(WorkerChecks):
                 with contextlib.suppress(Exception):  # unreadable: the future's own result still comes
                     finished.set_result(pickle.loads(message["result"]))
             return
-        self._queued.pop(key, None)
+        if self._queued.pop(key, None) is not None:
+            self._running[key] = str(message.get("worker"))
         on_start = self._waiting.pop(key, None)
         if on_start is not None:
             on_start(worker=message.get("worker"))
@@ -220,7 +222,7 @@ class DaskExecutor(WorkerChecks):
         try:
             wait_s = spec.timeout_s + _TIMEOUT_SLACK_S if spec.timeout_s else None
             result = await _first_result(finished, future, wait_s)
-            if key in self._stranded:  # never started: take the task off the scheduler
+            if key in self._stranded:  # its worker left: take the task off the scheduler, never rerun it
                 await self._stop(future, spec)
                 return result
             late = self._waiting.pop(key, None)
@@ -247,6 +249,7 @@ class DaskExecutor(WorkerChecks):
             future.release()
             self._finished.pop(key, None)
             self._queued.pop(key, None)
+            self._running.pop(key, None)
             self._stranded.discard(key)
             never = self._waiting.pop(key, None)
             if never is not None:  # failed or cancelled before a worker reported it started
@@ -277,21 +280,28 @@ class DaskExecutor(WorkerChecks):
         return False
 
     def _on_worker_left(self, worker: str) -> None:
-        """Fail as `worker_lost` the queued attempts that no checked worker can run any more.
+        """Fail as `worker_lost` the attempts the departed `worker` ran, and the queued ones
+        no checked worker can run any more.
 
-        Their tasks may only go to the workers checked when they were submitted;
-        once none of those that offer the resources is left, the scheduler would
-        keep them waiting for ever (or until the attempt's timeout). The retry
-        submits them afresh, to the workers checked by then.
+        Dask would run a lost worker's task again elsewhere (its claim makes
+        that run refuse) and keep a task waiting for ever once none of the
+        workers it may go to and that offer its resources is left. Deciding
+        here, and cancelling the task, needs no change to the scheduler's
+        settings, which other clients of the cluster share. The retry submits
+        the attempt afresh, in a fresh staging directory, to the workers
+        checked by then.
         """
-        for key, (needs, allowed) in list(self._queued.items()):
-            if self._can_run(needs, allowed & self.checked):
-                continue
+        lost = [(key, f"worker {worker} left while running the attempt")
+                for key, where in self._running.items() if where == worker]  # fmt: skip
+        why = f"every Dask worker that could run the attempt left before it started (last: {worker})"
+        lost += [(key, why) for key, (needs, allowed) in self._queued.items()
+                 if not self._can_run(needs, allowed & self.checked)]  # fmt: skip
+        for key, reason in lost:
             finished = self._finished.get(key)
             if finished is not None and not finished.done():
                 self._stranded.add(key)
-                why = f"every Dask worker that could run the attempt left before it started (last: {worker})"
-                finished.set_result(AttemptResult(False, why, "worker_lost"))
+                where = self._running.get(key)
+                finished.set_result(AttemptResult(False, reason, "worker_lost", worker=where))
 
     def _plain_settings(self, agent: AgentConfig) -> tuple[dict[str, Any], dict[str, float]]:
         """The agent's settings as plain containers and the resources it needs (made once per agent)."""
@@ -363,11 +373,6 @@ async def _first_result(
             awaiting.cancel()
             with contextlib.suppress(BaseException):
                 await awaiting
-
-
-def _fail_fast(dask_scheduler: Any) -> None:
-    """A worker dying mid-attempt fails the task at once (KilledWorker), never a silent rerun."""
-    dask_scheduler.allowed_failures = 0
 
 
 def wait_for_outputs(spec: AttemptSpec, latency_wait_s: float) -> bool:
