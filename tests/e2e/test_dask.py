@@ -232,3 +232,22 @@ def test_executor_errors_exit_2(make_project: Callable[..., Project]) -> None:
     assert result.returncode == 2, result.stderr
     assert f"cannot use the Dask cluster at {address}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_two_orchestrators_on_one_cluster_run_each_partition_once(
+    cluster: Cluster, dask_project: Callable[..., Project]
+) -> None:
+    """The partition locks hold across orchestrators sharing a cluster, and neither one's
+    start-up sweep kills the other's agents on the workers."""
+    from tests.e2e.test_execution import events, invoked
+
+    project = dask_project(n_items=6)
+    project.script({"default": {"action": "sleep", "seconds": 1}})
+    runs = [project.popen("stage", "run", "work", "--executor", cluster.url) for _ in range(2)]
+    results = [(run.communicate(timeout=90), run.returncode) for run in runs]
+    for (out, err), code in results:
+        assert code in (0, 4), out + err  # 4: the other still held some partitions when it ended
+    assert invoked(project) == Counter({f"item{i:02d}": 1 for i in range(1, 7)})
+    assert Counter(e["partition"] for e in events(project, "promoted")) == invoked(project)
+    assert all(m["attempt"] == 1 and len(m["attempts"]) == 1 for m in manifests(project).values())
+    one_agent_per_staging(project)
