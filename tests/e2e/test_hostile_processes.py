@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import default_config
 from tests.e2e.test_execution import (
     events,
     is_alive,
@@ -220,3 +221,26 @@ def test_sighup_ends_agents_like_sigterm_and_exits_129(make_project):
     for partition in ("item01", "item02"):
         error = project.root / "wip/attempts/work" / partition / "1/.orch/error.json"
         assert json.loads(error.read_text())["outcome"] == "interrupted"
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_leftover_holding_the_captured_stdout_open_cannot_hold_the_attempt(make_project, how):
+    """With `reply_file` orch reads the agent's stdout through a pipe; the writer left
+    behind inherits it and never closes it. The attempt ends once the agent exits (no
+    timeout is set), with the agent's own reply, and the writer is killed."""
+    project = make_project(n_items=1)
+    config = default_config(1)
+    config["agents"]["fake"]["reply_file"] = "reply.md"
+    config["stages"]["work"]["expect"] = [{"file": "reply.md", "min_bytes": 10}]
+    project.config(config)
+    project.script({"default": {"action": "daemon", "how": how, "files": {"side.txt": "x"}}})
+
+    started = time.monotonic()
+    result = project.orch("stage", "run", "work", timeout=30)
+
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    reply = (project.root / "data/work/item01/reply.md").read_text()
+    assert reply == "fake agent: daemon for item01\n"
+    [daemon] = daemon_pids(project)
+    assert not is_alive(daemon)

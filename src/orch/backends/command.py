@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orch.backends import AttemptResult, AttemptSpec
+from orch.backends.agent_pipes import communicate
 from orch.backends.usage import PARSERS, AgentReport, parse_report
 from orch.config.node import parse_duration
 from orch.config.project import AgentConfig
@@ -80,7 +81,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llm": {"command": ("llm", "--no-log"), "usage": "none", "prompt_via": "stdin", "env": {}},
 }  # fmt: skip
 _LOG_TAIL_BYTES = 4096
-_CHUNK_BYTES = 65536
 
 
 def normalize(settings: dict[str, Any], where: str) -> dict[str, Any]:
@@ -295,10 +295,8 @@ class CommandBackend:
             except OSError as err:
                 return AttemptResult(False, f"cannot start {argv[0]!r}: {err.strerror}", "agent_error")
             try:
-                if self.reply_file:
-                    await _communicate_tee(proc, prompt, spec.work_dir / self.reply_file, log)
-                else:
-                    await proc.communicate(prompt)
+                reply = spec.work_dir / self.reply_file if self.reply_file else None
+                await communicate(proc, prompt, reply, log, self.kill_grace_s)
             except asyncio.CancelledError:
                 await self._terminate(proc)
                 self._redact_log(spec, log_start)  # no await: the task is being cancelled
@@ -376,36 +374,6 @@ class CommandBackend:
         """Let the reaper go, unless the executor owns it (every agent has ended by now)."""
         if self._own_containment:
             self._containment.close()
-
-
-async def _communicate_tee(
-    proc: asyncio.subprocess.Process, prompt: bytes | None, reply_path: Any, log: Any
-) -> None:
-    """Feed `prompt` to stdin; copy stdout to `reply_path` and to the log as it comes."""
-
-    async def feed() -> None:
-        if proc.stdin is None:
-            return
-        try:
-            if prompt:
-                proc.stdin.write(prompt)
-                await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the agent exited without reading its whole prompt; its exit code says why
-        finally:
-            proc.stdin.close()
-
-    async def pump(reply: Any) -> None:
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(_CHUNK_BYTES):
-            reply.write(chunk)
-            log.write(chunk)
-            log.flush()
-
-    os.makedirs(os.path.dirname(reply_path), exist_ok=True)
-    with open(reply_path, "wb") as reply:
-        await asyncio.gather(feed(), pump(reply))
-    await proc.wait()
 
 
 def _size(path: Any) -> int:
