@@ -7,6 +7,7 @@ agent's `env:` (workers do not share the test's environment).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -251,3 +252,39 @@ def test_two_orchestrators_on_one_cluster_run_each_partition_once(
     assert Counter(e["partition"] for e in events(project, "promoted")) == invoked(project)
     assert all(m["attempt"] == 1 and len(m["attempts"]) == 1 for m in manifests(project).values())
     one_agent_per_staging(project)
+
+
+def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(
+    make_project: Callable[..., Project],
+) -> None:
+    """A scheduler address that accepts connections and never answers: connecting would
+    take `connect_timeout` (30 s); Ctrl-C ends the run meanwhile, as interrupted."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    project = make_project(2)
+    try:
+        port = listener.getsockname()[1]
+        proc = project.popen("stage", "run", "work", "--executor", f"dask://127.0.0.1:{port}")
+        wait_until(lambda: accepted, 30, "orch to connect")
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=20)
+        assert time.monotonic() - started < 10
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert "0 completed now · 0 up to date · 2 interrupted of 2" in out
+    assert project.invocations() == []

@@ -79,6 +79,8 @@ class Scheduler:
         self.executor = self.ctx.executor
         self._futures: dict[ChildKey, asyncio.Future[Outcome]] = {}
         self._tasks: set[asyncio.Task[Outcome]] = set()
+        #: The executor's start (connecting to a cluster) while it runs; `stop()` cancels it.
+        self._starting: asyncio.Future[None] | None = None
         self._ends = StageEnds(self.ws, self.options, self.ctx, self.log)
         self._crash: BaseException | None = None
 
@@ -118,9 +120,7 @@ class Scheduler:
         for partition in partitions:
             self._ends.sizes[partition.stage] = self._ends.sizes.get(partition.stage, 0) + 1
             ctx.phases[(partition.stage, partition.id)] = Phase.WAITING_FOR_INPUTS
-        start = getattr(self.executor, "start", None)
-        if start is not None:  # a cluster executor connects and checks its workers first
-            await start()
+        await self._start_executor()
         self.log.emit(
             "run_started", stages=list(self.options.stages), partitions=len(partitions), pid=os.getpid()
         )
@@ -179,8 +179,35 @@ class Scheduler:
         self.ctx.stop_signal = signal_name
         self.ctx.stopping = True
         self.log.emit("interrupt_requested")
+        if self._starting is not None:
+            self._starting.cancel()
         for task in list(self._tasks):
             task.cancel()
+
+    async def _start_executor(self) -> None:
+        """Let a cluster executor connect and check its workers (bounded by its connect timeout).
+
+        `stop()` meanwhile cancels that: the executor is closed and the run goes on
+        stopping, so every partition ends as interrupted without starting.
+
+        Raises:
+            ConfigError, PreflightFailed: the executor's own (cluster unreachable,
+                a worker refused, an agent's command missing on the workers).
+            CancelledError: the run itself was cancelled (the executor is closed first).
+        """
+        start = getattr(self.executor, "start", None)
+        if start is None or self.ctx.stopping:
+            return
+        self._starting = asyncio.ensure_future(start())
+        try:
+            await self._starting
+        except asyncio.CancelledError:
+            await self.executor.aclose()
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        finally:
+            self._starting = None
 
     # -- tasks --------------------------------------------------------------------
 
