@@ -26,6 +26,7 @@ import orch
 from tests.conftest import FAKE_AGENT, REPO, Project
 from tests.e2e.conftest import Cluster
 from tests.e2e.test_dask import dask_config, manifests, wait_until
+from tests.e2e.test_kill_and_resume import reaper_pids
 
 pytest.importorskip("distributed")
 
@@ -199,3 +200,34 @@ def test_no_worker_offering_the_resource_fails_the_attempt_within_connect_timeou
 def manifests_or_errors(project: Project) -> str:
     """Every archived attempt's error.json text, joined."""
     return "\n".join(p.read_text() for p in (project.root / "wip/attempts").rglob("error.json"))
+
+
+def test_two_agent_settings_on_one_worker_share_one_reaper_and_run_at_once(
+    cluster: Cluster, make_project: Callable[..., Project], extra_workers: list[str], tmp_path: Path
+) -> None:
+    """Two projects (so two agent settings, two backends on the worker) each run one
+    attempt at once on the worker `pair` (2 slots). The attempt ending first must not
+    take the other's live agent for a leftover of its own."""
+    extra_workers.append("pair")
+    pair = cluster.start_worker("pair", "pair=2", slots=2)
+    first = make_project(1)
+    shutil.copytree(first.root, tmp_path / "second")
+    projects = [first, Project(tmp_path / "second")]
+    for project, seconds in zip(projects, (1, 3), strict=True):
+        project.config(dask_config(project, 1, resources="pair"))
+        project.script({"default": {"action": "sleep", "seconds": seconds}})
+    procs = [p.popen("stage", "run", "work", "--executor", cluster.url) for p in projects]
+    for project, proc in zip(projects, procs, strict=True):
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + err
+        [done] = manifests(project).values()
+        assert [a["worker"] for a in done["attempts"]] == [pair]
+    started = [p.invocations()[0]["ts"] for p in projects]
+    assert abs(started[0] - started[1]) < 1, "the two attempts ran at the same time"
+    worker_pid = cluster.procs["pair"].pid  # `orch worker` execs `dask worker`
+    reapers = [
+        p
+        for p in reaper_pids()
+        if Path(f"/proc/{p}/stat").read_text().split(") ")[1].split()[1] == str(worker_pid)
+    ]
+    assert len(reapers) == 1, "one reaper per worker process, not one per agent settings"

@@ -21,7 +21,7 @@ from typing import Any
 
 from orch.backends import AttemptResult, Backend
 from orch.executors.job import AttemptJob, run_job
-from orch.executors.processes import kill_orphans
+from orch.executors.processes import Containment, kill_orphans
 
 #: Worker task states in which a running attempt is no longer wanted.
 _UNWANTED = frozenset({"cancelled", "released", "forgotten", "error"})
@@ -32,7 +32,7 @@ class WorkerState:
 
     Attributes:
         backends: One backend per agent and settings, reused by every attempt on this
-            worker (each holds a reaper that kills its agents if the worker dies).
+            worker; all share `containment`, whose reaper kills their agents if the worker dies.
         running: Staging directory (str) of each attempt running here, to the
             predicate saying whether its task is still wanted.
     """
@@ -41,7 +41,26 @@ class WorkerState:
         self.backends: dict[str, Backend] = {}
         self.running: dict[str, Callable[[], bool]] = {}
         self.lock = threading.Lock()
+        #: One per worker process, shared by every backend: each agent this process
+        #: starts is its child, and a Containment of its own per backend would take
+        #: another backend's live agents for leftovers (and kill them).
+        self.containment: Containment | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def backend(self, job: AttemptJob) -> None:
+        """Create the backend for `job`'s agent and settings unless this worker has it."""
+        with self.lock:  # one backend per agent and settings per worker
+            if job.backend_key in self.backends:
+                return
+            from orch.backends import create_backend
+
+            backend = create_backend(job.agent())
+            use_containment = getattr(backend, "use_containment", None)
+            if callable(use_containment):
+                if self.containment is None:
+                    self.containment = Containment()
+                use_containment(self.containment)
+            self.backends[job.backend_key] = backend
 
     def run_coroutine(self, coroutine: Coroutine[Any, Any, AttemptResult]) -> AttemptResult:
         """Run `coroutine` on this worker's one agent event loop and wait (blocking).
@@ -83,14 +102,12 @@ def dask_setup(worker: Any) -> None:
 
 
 def dask_teardown(worker: Any) -> None:
-    """Preload hook at shutdown: kill the agents still running here, let the reapers go."""
+    """Preload hook at shutdown: kill the agents still running here, let its reaper go."""
     state = _state(worker)
     for staging in list(state.running):
         kill_orphans(Path(staging))
-    for backend in state.backends.values():
-        reaper = getattr(backend, "_reaper", None)
-        if reaper is not None:
-            reaper.close()
+    if state.containment is not None:
+        state.containment.close()
 
 
 def execute(job: AttemptJob, key: str, topic: str | None = None) -> AttemptResult:
@@ -119,11 +136,7 @@ def execute(job: AttemptJob, key: str, topic: str | None = None) -> AttemptResul
     if topic:
         worker.log_event(topic, {"key": key, "worker": str(worker.address)})
     try:
-        with state.lock:  # one backend (and one reaper) per agent per worker
-            if job.backend_key not in state.backends:
-                from orch.backends import create_backend
-
-                state.backends[job.backend_key] = create_backend(job.agent())
+        state.backend(job)
         result = run_job(job, state.backends, str(worker.address), is_wanted, state.run_coroutine)
         if topic:
             worker.log_event(topic, {"key": key, "result": pickle.dumps(result)})

@@ -108,8 +108,8 @@ def run_job(
     further; a host-wide `sync` would charge each attempt for all pending writes).
 
     Args:
-        backends: This process's backends by `AttemptJob.backend_key` (reused across jobs:
-            each keeps one reaper, which kills its agents if this process dies).
+        backends: This process's backends by `AttemptJob.backend_key`, reused across jobs
+            (a Dask worker makes them first, sharing one Containment: `WorkerState.backend`).
         owner: Who runs it (the worker's address), written in the claim and the result.
         is_wanted: Polled every 0.2 s; once False (the task was cancelled or its
             client died) the agent is stopped (TERM, grace, KILL).
