@@ -185,10 +185,8 @@ class Scheduler:
             task.cancel()
 
     async def _start_executor(self) -> None:
-        """Let a cluster executor connect and check its workers (bounded by its connect timeout).
-
-        `stop()` meanwhile cancels that: the executor is closed and the run goes on
-        stopping, so every partition ends as interrupted without starting.
+        """Let a cluster executor connect and check its workers; `stop()` meanwhile cancels
+        that (see `_await_start`).
 
         Raises:
             ConfigError, PreflightFailed: the executor's own (cluster unreachable,
@@ -196,18 +194,12 @@ class Scheduler:
             CancelledError: the run itself was cancelled (the executor is closed first).
         """
         start = getattr(self.executor, "start", None)
-        if start is None or self.ctx.stopping:
-            return
-        self._starting = asyncio.ensure_future(start())
-        try:
-            await self._starting
-        except asyncio.CancelledError:
-            await self.executor.aclose()
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-        finally:
-            self._starting = None
+        if start is not None and not self.ctx.stopping:
+            self._starting = asyncio.ensure_future(start())
+            try:
+                await _await_start(self._starting, self.executor)
+            finally:
+                self._starting = None
 
     # -- tasks --------------------------------------------------------------------
 
@@ -379,3 +371,15 @@ def _summarised(outcome: Outcome) -> Outcome:
         outcome.stage, outcome.partition, outcome.status, outcome.reason,
         outcome.attempts, outcome.duration_s, outcome.usage,
     )  # fmt: skip
+
+
+async def _await_start(starting: asyncio.Future[None], executor: Executor) -> None:
+    """Await an executor's start; if `stop()` cancelled it, close the executor and return,
+    so the run goes on stopping (every partition ends as interrupted without starting)."""
+    try:
+        await starting
+    except asyncio.CancelledError:
+        await executor.aclose()
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
