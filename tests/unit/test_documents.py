@@ -304,3 +304,28 @@ def test_parsed_cache_written_by_another_orch_is_a_miss(tmp_path: Path) -> None:
     again = documents.load_document(path, "big.yaml", cache)
     assert again == first
     assert len(again["items"]) == 6000
+
+
+def test_read_text_allocates_the_files_size_not_the_limit(tmp_path: Path) -> None:
+    """read(n) allocates n bytes up front: asking for MAX_FILE_BYTES reserved 1 GiB per file."""
+    import tracemalloc
+
+    path = tmp_path / "small.yaml"
+    path.write_text("items: [a, b]\n")
+    tracemalloc.start()
+    try:
+        assert read_text(path, "small.yaml") == "items: [a, b]\n"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+def test_read_text_refuses_a_file_over_the_limit_before_reading_it(tmp_path: Path) -> None:
+    from orch.config.documents import MAX_FILE_BYTES
+
+    path = tmp_path / "huge.csv"
+    with open(path, "wb") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(ConfigError, match=r"huge\.csv: cannot read: larger than 1,073,741,824 bytes"):
+        read_text(path, "huge.csv")

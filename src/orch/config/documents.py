@@ -233,14 +233,19 @@ def read_text(path: Path, label: str) -> str:
                 f"{label}: cannot read: not a regular file (a FIFO, socket or device)",
                 "replace it with a regular file",
             )
-        if os.fstat(fd).st_size > MAX_FILE_BYTES:
+        size = os.fstat(fd).st_size
+        if size <= MAX_FILE_BYTES:
+            with os.fdopen(fd, "rb") as file:
+                fd = -1
+                # read(n) allocates n bytes first: ask for the size (+1 to see it grow), not the limit
+                data = file.read(size + 1)
+                if len(data) > size:  # it grew since fstat
+                    data += file.read(MAX_FILE_BYTES + 1 - len(data))
+        if size > MAX_FILE_BYTES or len(data) > MAX_FILE_BYTES:
             raise ConfigError(
                 f"{label}: cannot read: larger than {MAX_FILE_BYTES:,} bytes",
                 "split the file, or keep only what the stages need in it",
             )
-        with os.fdopen(fd, "rb") as file:
-            fd = -1
-            data = file.read(MAX_FILE_BYTES + 1)
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the data;
         # newlines translated as text mode does (universal newlines)
         return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
