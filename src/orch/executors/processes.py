@@ -191,7 +191,7 @@ class Containment:
     def __init__(self) -> None:
         self.reaper = Reaper()
         self._live: dict[int, bytes] = {}  # agent pid -> its staging directory
-        self._agents: set[int] = set()  # every agent started: asyncio reaps them, never orch
+        self._agents: set[int] = set()  # agents not yet reaped: asyncio reaps them, never orch
         self._spawning: set[asyncio.Event] = set()
         self.is_subreaper = _prctl_subreaper()
 
@@ -238,6 +238,8 @@ class Containment:
         if not self.is_subreaper:
             killed = sorted(set(killed) | set(kill_tree(_marked(staging), spare=self._agents)))
         self._live.pop(pid, None)
+        if _is_reaped(pid):  # a new process may get its pid: it must not be spared as an agent
+            self._agents.discard(pid)
         self.reaper.forget(staging, pid)
         if cancelled:
             raise asyncio.CancelledError
@@ -265,6 +267,17 @@ class Containment:
     def close(self) -> None:
         """Let the reaper go (every agent has ended by now)."""
         self.reaper.close()
+
+
+def _is_reaped(pid: int) -> bool:
+    """True if no process `pid` exists any more, not even a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def kill_tree(roots: Iterable[int], spare: Iterable[int] = ()) -> list[int]:
