@@ -16,7 +16,7 @@ from typing import Protocol
 from orch.backends import AttemptResult, AttemptSpec, Backend, create_backend
 from orch.config.project import AgentConfig
 from orch.executors.limits import AgentLimiter
-from orch.executors.processes import Containment
+from orch.executors.processes import Containment, share_containment
 
 
 class Executor(Protocol):
@@ -133,11 +133,7 @@ class LocalExecutor:
             if callable(use_limiter):
                 use_limiter(self._limiter(agent))
                 self._self_paced.add(agent.name)
-            use_containment = getattr(backend, "use_containment", None)
-            if callable(use_containment):
-                if self._containment is None:
-                    self._containment = Containment()
-                use_containment(self._containment)
+            self._containment = share_containment(backend, self._containment)
             self._backends[agent.name] = backend
         return self._backends[agent.name]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from orch.backends import AttemptResult, Backend
 from orch.executors.job import AttemptJob, run_job
-from orch.executors.processes import Containment, kill_orphans
+from orch.executors.processes import Containment, kill_orphans, share_containment
 
 #: Worker task states in which a running attempt is no longer wanted.
 _UNWANTED = frozenset({"cancelled", "released", "forgotten", "error"})
@@ -55,11 +55,7 @@ class WorkerState:
             from orch.backends import create_backend
 
             backend = create_backend(job.agent())
-            use_containment = getattr(backend, "use_containment", None)
-            if callable(use_containment):
-                if self.containment is None:
-                    self.containment = Containment()
-                use_containment(self.containment)
+            self.containment = share_containment(backend, self.containment)
             self.backends[job.backend_key] = backend
 
     def run_coroutine(self, coroutine: Coroutine[Any, Any, AttemptResult]) -> AttemptResult:

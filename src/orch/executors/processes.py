@@ -269,6 +269,22 @@ class Containment:
         self.reaper.close()
 
 
+def share_containment(backend: object, containment: Containment | None) -> Containment | None:
+    """Give `backend` the process's one `containment` if it starts processes
+    (defines `use_containment`), making it on first need.
+
+    Returns:
+        The containment, or None while no backend has needed one.
+    """
+    use_containment = getattr(backend, "use_containment", None)
+    if not callable(use_containment):
+        return containment
+    if containment is None:
+        containment = Containment()
+    use_containment(containment)
+    return containment
+
+
 def _is_reaped(pid: int) -> bool:
     """True if no process `pid` exists any more, not even a zombie."""
     try:
