@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.backends import AttemptResult, AttemptSpec, Usage, validate_agent
+from orch.backends import AttemptResult, AttemptSpec, Usage, create_backend, validate_agent
 from orch.config.executor import ExecutorConfig, executor_from_url, parse_executor
 from orch.config.stages import ExpectRule
 from orch.errors import ConfigError, UsageError
@@ -32,13 +32,12 @@ def spec_in(tmp_path: Path, timeout_s: float | None = None) -> AttemptSpec:
 
 
 def run_once(job: AttemptJob, owner: str = "tcp://w:1", **kwargs: object) -> AttemptResult:
-    """run_job with fresh backends, closed afterwards (each holds a reaper process)."""
-    backends: dict = {}
+    """run_job with a fresh backend, closed afterwards (it holds a reaper process)."""
+    backend = create_backend(job.agent())
     try:
-        return run_job(job, backends, owner, **kwargs)  # type: ignore[arg-type]
+        return run_job(job, backend, owner, **kwargs)  # type: ignore[arg-type]
     finally:
-        for backend in backends.values():
-            asyncio.run(backend.aclose())
+        asyncio.run(backend.aclose())
 
 
 def test_job_and_result_pickle(tmp_path: Path) -> None:

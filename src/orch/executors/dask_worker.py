@@ -47,16 +47,16 @@ class WorkerState:
         self.containment: Containment | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def backend(self, job: AttemptJob) -> None:
-        """Create the backend for `job`'s agent and settings unless this worker has it."""
+    def backend(self, job: AttemptJob) -> Backend:
+        """Return this worker's backend for `job`'s agent and settings (made on first use)."""
         with self.lock:  # one backend per agent and settings per worker
-            if job.backend_key in self.backends:
-                return
-            from orch.backends import create_backend
+            backend = self.backends.get(job.backend_key)
+            if backend is None:
+                from orch.backends import create_backend
 
-            backend = create_backend(job.agent())
-            self.containment = share_containment(backend, self.containment)
-            self.backends[job.backend_key] = backend
+                backend = self.backends[job.backend_key] = create_backend(job.agent())
+                self.containment = share_containment(backend, self.containment)
+            return backend
 
     def run_coroutine(self, coroutine: Coroutine[Any, Any, AttemptResult]) -> AttemptResult:
         """Run `coroutine` on this worker's one agent event loop and wait (blocking).
@@ -132,8 +132,7 @@ def execute(job: AttemptJob, key: str, topic: str | None = None) -> AttemptResul
     if topic:
         worker.log_event(topic, {"key": key, "worker": str(worker.address)})
     try:
-        state.backend(job)
-        result = run_job(job, state.backends, str(worker.address), is_wanted, state.run_coroutine)
+        result = run_job(job, state.backend(job), str(worker.address), is_wanted, state.run_coroutine)
         if topic:
             worker.log_event(topic, {"key": key, "result": pickle.dumps(result)})
         return result

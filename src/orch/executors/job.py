@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from orch.backends import AttemptResult, AttemptSpec, Backend, create_backend
+from orch.backends import AttemptResult, AttemptSpec, Backend
 from orch.config.frozen import FrozenDict
 from orch.config.project import AgentConfig
 
@@ -95,7 +95,7 @@ def claim(staging: Path, owner: str) -> bool:
 
 def run_job(
     job: AttemptJob,
-    backends: dict[str, Backend],
+    backend: Backend,
     owner: str,
     is_wanted: Callable[[], bool] = lambda: True,
     run_coroutine: Callable[[Coroutine[Any, Any, AttemptResult]], AttemptResult] = asyncio.run,
@@ -108,8 +108,8 @@ def run_job(
     further; a host-wide `sync` would charge each attempt for all pending writes).
 
     Args:
-        backends: This process's backends by `AttemptJob.backend_key`, reused across jobs
-            (a Dask worker makes them first, sharing one Containment: `WorkerState.backend`).
+        backend: The backend for the job's agent and settings (a Dask worker keeps one
+            per `AttemptJob.backend_key`, all sharing one Containment: `WorkerState.backend`).
         owner: Who runs it (the worker's address), written in the claim and the result.
         is_wanted: Polled every 0.2 s; once False (the task was cancelled or its
             client died) the agent is stopped (TERM, grace, KILL).
@@ -129,10 +129,7 @@ def run_job(
             "worker_lost",
             worker=owner,
         )
-    key = job.backend_key
-    if key not in backends:
-        backends[key] = create_backend(job.agent())
-    result = run_coroutine(_supervise(backends[key], spec, is_wanted))
+    result = run_coroutine(_supervise(backend, spec, is_wanted))
     return dataclasses.replace(result, worker=owner)
 
 
