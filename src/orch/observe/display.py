@@ -98,8 +98,11 @@ class PlainReporter:
             line = f"      interrupted {where}"
         elif kind == "lock_file_lost":
             line = f"      warning: {where}: {event.get('message')}"
-        elif kind in WORKER_EVENTS and worker_text(event):
-            line = f"      {worker_text(event)}"
+        elif kind in WORKER_EVENTS:
+            text = worker_text(event)
+            if text is None:
+                return
+            line = f"      {text}"
         elif kind == "barrier":
             state = "met" if event["met"] else "NOT met"
             line = f"      barrier {event['stage']}: {state} ({event['complete']}/{event['total']})"
@@ -144,8 +147,8 @@ class LiveReporter:
                 markup=False,
                 highlight=False,
             )
-        elif event["event"] in WORKER_EVENTS and worker_text(event):
-            self.progress.console.print(worker_text(event), markup=False, highlight=False)
+        elif event["event"] in WORKER_EVENTS and (text := worker_text(event)):
+            self.progress.console.print(text, markup=False, highlight=False)
         self.progress.update(
             self.task,
             total=self.counts.total or None,
