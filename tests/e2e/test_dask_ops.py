@@ -9,7 +9,6 @@ of their own (`late`, `cli`) or the shared `k`, and are stopped at the end of th
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -18,14 +17,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import orch
 from tests.conftest import FAKE_AGENT, REPO, Project
 from tests.e2e.conftest import Cluster
+from tests.e2e.test_cli_presets import archived_errors
 from tests.e2e.test_dask import dask_config, manifests, wait_until
+from tests.e2e.test_execution import events as all_events
 from tests.e2e.test_kill_and_resume import reaper_pids
 
 pytest.importorskip("distributed")
@@ -144,12 +144,6 @@ def test_the_api_runs_on_the_cluster_and_every_view_names_the_worker(
     assert f"on worker {w2}" in html
 
 
-def run_events(project: Project) -> list[dict[str, Any]]:
-    """The newest run's events."""
-    newest = sorted((project.root / "wip/runs").iterdir())[-1]
-    return [json.loads(line) for line in (newest / "events.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.chaos
 def test_attempts_wait_for_a_worker_offering_their_resource_after_the_only_one_left(
     cluster: Cluster, make_project: Callable[..., Project], extra_workers: list[str]
@@ -173,7 +167,7 @@ def test_attempts_wait_for_a_worker_offering_their_resource_after_the_only_one_l
     done = manifests(project)
     assert {m["attempts"][-1]["worker"] for m in done.values()} == {m2}
     assert all(m["attempts"][0]["error_class"] == "worker_lost" for m in done.values())
-    events = run_events(project)
+    events = all_events(project)  # this project's one run
     assert [e["worker"] for e in events if e["event"] == "worker_left"] == [m1]
     joined = {e["worker"]: e["late"] for e in events if e["event"] == "worker_joined"}
     assert joined[m1] is False
@@ -191,15 +185,11 @@ def test_no_worker_offering_the_resource_fails_the_attempt_within_connect_timeou
     project.config(config)
     result = project.orch("stage", "run", "work")
     assert result.returncode == 3, result.stderr
-    error = manifests_or_errors(project)
+    [archived] = archived_errors(project)
+    error = archived["error"]
     assert "no checked Dask worker offers the agent's resources nobody=1 within 1s" in error
     assert "orch worker SCHEDULER --resources nobody=1" in error
     assert project.invocations() == []
-
-
-def manifests_or_errors(project: Project) -> str:
-    """Every archived attempt's error.json text, joined."""
-    return "\n".join(p.read_text() for p in (project.root / "wip/attempts").rglob("error.json"))
 
 
 def test_two_agent_settings_on_one_worker_share_one_reaper_and_run_at_once(
